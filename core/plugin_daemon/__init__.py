@@ -1,0 +1,5 @@
+"""plugin-daemon: a Python plugin daemon for Dify."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""Daemon configuration: one place for every setting and its default.
+
+Names follow the Go daemon's environment variables wherever one exists, so an operator's
+existing ``.env`` keeps working. Values come from the environment, then from ``.env`` in the
+current directory, then from the defaults below.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Keys that were published in Dify's docker-compose files and examples. A daemon that
+#: accepts one of them accepts anybody who has read those files.
+PUBLIC_DEFAULT_KEYS = frozenset(
+    {
+        "lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi",
+        "QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1",
+        "difyai123456",
+        "dify-sandbox",
+        "plugin-daemon-key",
+    }
+)
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """All settings of the daemon. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    # --- HTTP server -------------------------------------------------------------------
+    SERVER_HOST: str = "127.0.0.1"
+    SERVER_PORT: int = 5002
+    SERVER_KEY: str = ""
+    ALLOW_PUBLIC_SERVER_KEY: bool = False
+    MAX_REQUEST_BODY_SIZE: int = 60 * MiB
+
+    # --- where state lives -------------------------------------------------------------
+    #: One folder for everything the daemon keeps, unless a path below is set on its own.
+    PLUGIN_DAEMON_HOME: Path = Path("plugin-daemon-data")
+    PLUGIN_WORKING_PATH: Path | None = None
+    PLUGIN_PACKAGE_CACHE_PATH: Path | None = None
+    PLUGIN_MEDIA_CACHE_PATH: Path | None = None
+    PERSISTENCE_STORAGE_PATH: Path | None = None
+
+    # --- database ----------------------------------------------------------------------
+    #: A full SQLAlchemy URL wins over the DB_* parts. Empty + DB_TYPE unset = SQLite in the home folder.
+    DATABASE_URL: str = ""
+    DB_TYPE: Literal["", "sqlite", "postgresql", "pgbouncer"] = ""
+    DB_HOST: str = "127.0.0.1"
+    DB_PORT: int = 5432
+    DB_USERNAME: str = "postgres"
+    DB_PASSWORD: str = ""
+    DB_DATABASE: str = "dify_plugin"
+    DB_SSL_MODE: Literal["disable", "require"] = "disable"
+
+    # --- plugins and packages ----------------------------------------------------------
+    PLATFORM: str = "local"
+    MAX_PLUGIN_PACKAGE_SIZE: int = 50 * MiB
+    MAX_PLUGIN_PACKAGE_ENTRIES: int = 10_000
+    FORCE_VERIFYING_SIGNATURE: bool = False
+    THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED: bool = False
+    THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS: str = ""
+    PLUGIN_INSTALL_TIMEOUT: int = 15 * 60
+    PLUGIN_MAX_EXECUTION_TIMEOUT: int = 600
+    PLUGIN_READY_TIMEOUT: float = 120.0
+    DISABLED_EXTENSIONS: str = ""
+
+    # --- local runtime -----------------------------------------------------------------
+    PYTHON_INTERPRETER_PATH: str = ""
+    PYTHON_ENV_INIT_TIMEOUT: int = 120
+    PYTHON_ENV_INIT_HARD_TIMEOUT: int = 600
+    UV_PATH: str = ""
+    PIP_MIRROR_URL: str = ""
+    PIP_EXTRA_INDEX_URL: str = ""
+    PIP_EXTRA_ARGS: str = ""
+    PLUGIN_IGNORE_UV_LOCK: bool = False
+    PLUGIN_LOCAL_LAUNCHING_CONCURRENT: int = 2
+    PLUGIN_RUNTIME_MAX_BUFFER_SIZE: int = 5 * MiB
+    PLUGIN_HEARTBEAT_TIMEOUT: float = 120.0
+    PLUGIN_RESTART_MAX_ATTEMPTS: int = 5
+    HTTP_PROXY: str = ""
+    HTTPS_PROXY: str = ""
+    NO_PROXY: str = ""
+
+    # --- backwards invocation ----------------------------------------------------------
+    DIFY_INNER_API_URL: str = "http://127.0.0.1:5001"
+    DIFY_INNER_API_KEY: str = ""
+    DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT: int = 240_000
+    DIFY_BACKWARDS_INVOCATION_WRITE_TIMEOUT: int = 5_000
+    PERSISTENCE_STORAGE_MAX_SIZE: int = 100 * MiB
+
+    # --- debug runtime -----------------------------------------------------------------
+    PLUGIN_REMOTE_INSTALLING_ENABLED: bool = True
+    PLUGIN_REMOTE_INSTALLING_HOST: str = "127.0.0.1"
+    PLUGIN_REMOTE_INSTALLING_PORT: int = 5003
+    PLUGIN_REMOTE_INSTALLING_MAX_CONN: int = 256
+    PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN: int = 5
+
+    # --- serverless runtime ------------------------------------------------------------
+    DIFY_PLUGIN_SERVERLESS_CONNECTOR_URL: str = ""
+    DIFY_PLUGIN_SERVERLESS_CONNECTOR_API_KEY: str = ""
+    MAX_SERVERLESS_REQUEST_BYTES: int = 5 * MiB
+
+    # --- logging -----------------------------------------------------------------------
+    LOG_LEVEL: str = "INFO"
+
+    @field_validator("SERVER_KEY")
+    @classmethod
+    def _strip_key(cls, value: str) -> str:
+        return value.strip()
+
+    # --- derived paths -----------------------------------------------------------------
+    @cached_property
+    def home(self) -> Path:
+        return self.PLUGIN_DAEMON_HOME.resolve()
+
+    def _under_home(self, explicit: Path | None, name: str) -> Path:
+        return (explicit or self.home / name).resolve()
+
+    @property
+    def working_path(self) -> Path:
+        return self._under_home(self.PLUGIN_WORKING_PATH, "cwd")
+
+    @property
+    def package_path(self) -> Path:
+        return self._under_home(self.PLUGIN_PACKAGE_CACHE_PATH, "packages")
+
+    @property
+    def media_path(self) -> Path:
+        return self._under_home(self.PLUGIN_MEDIA_CACHE_PATH, "assets")
+
+    @property
+    def persistence_path(self) -> Path:
+        return self._under_home(self.PERSISTENCE_STORAGE_PATH, "persistence")
+
+    @property
+    def database_url(self) -> str:
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        if self.DB_TYPE in ("postgresql", "pgbouncer"):
+            password = f":{self.DB_PASSWORD}" if self.DB_PASSWORD else ""
+            return (
+                f"postgresql+psycopg://{self.DB_USERNAME}{password}@{self.DB_HOST}:{self.DB_PORT}"
+                f"/{self.DB_DATABASE}?sslmode={self.DB_SSL_MODE}"
+            )
+        return f"sqlite:///{self.home / 'plugin_daemon.db'}"
+
+    @property
+    def disabled_extensions(self) -> set[str]:
+        return {name.strip() for name in self.DISABLED_EXTENSIONS.split(",") if name.strip()}
+
+    def ensure_server_key(self) -> str | None:
+        """Refuse a public key; generate one if none is set. Returns the generated key, if any."""
+        if self.SERVER_KEY in PUBLIC_DEFAULT_KEYS and not self.ALLOW_PUBLIC_SERVER_KEY:
+            raise ValueError(
+                "SERVER_KEY is a publicly known default; set a secret key "
+                "(or ALLOW_PUBLIC_SERVER_KEY=true for a throwaway setup)"
+            )
+        if self.SERVER_KEY:
+            return None
+        generated = secrets.token_urlsafe(32)
+        object.__setattr__(self, "SERVER_KEY", generated)
+        return generated
+
+    def ensure_directories(self) -> None:
+        for path in (self.home, self.working_path, self.package_path, self.media_path, self.persistence_path):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and ``.env``, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+

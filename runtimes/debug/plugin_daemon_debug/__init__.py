@@ -1,0 +1,1 @@
+"""The debug runtime of plugin-daemon."""

@@ -1,0 +1,1 @@
+"""The local runtime of plugin-daemon."""

@@ -1,0 +1,1 @@
+"""The serverless runtime of plugin-daemon."""
