@@ -123,10 +123,14 @@ class Runtime(ABC):
         task_status.started()
 
     @abstractmethod
-    async def ensure_ready(self, spec: PluginSpec, *, timeout: float) -> None:
+    async def ensure_ready(
+        self, spec: PluginSpec, *, timeout: float, progress: Callable[[str], None] | None = None
+    ) -> None:
         """Return once ``spec`` can take requests: launch it if needed, or wait for the launch.
 
-        Raise :class:`PluginUnavailable` when it cannot within ``timeout`` seconds.
+        Raise :class:`PluginUnavailable` when it cannot within ``timeout`` seconds; its message
+        says why (and carries the install output or stderr tail when there is one).
+        ``progress`` receives short human lines about long steps (building the environment...).
         """
 
     @abstractmethod
