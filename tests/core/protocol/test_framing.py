@@ -5,7 +5,6 @@ import time
 import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
-
 from plugin_daemon.protocol.framing import LineReader, OversizeLine, find_session_id
 
 pytestmark = pytest.mark.anyio

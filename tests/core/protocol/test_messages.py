@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import orjson
-
 from plugin_daemon.protocol.messages import (
     HEARTBEAT,
     LogFrame,
@@ -49,7 +48,12 @@ def test_encode_backwards_response_shape() -> None:
         "endpoint_id": None,
         "context": None,
         "event": "backwards_response",
-        "data": {"backwards_request_id": "b1", "event": "response", "message": "stream", "data": {"data": "ok"}},
+        "data": {
+            "backwards_request_id": "b1",
+            "event": "response",
+            "message": "stream",
+            "data": {"data": "ok"},
+        },
     }
     end = orjson.loads(encode_backwards_response("s", "b1", "end", "", None))
     assert end["data"] == {"backwards_request_id": "b1", "event": "end", "message": "", "data": None}
