@@ -1,0 +1,1 @@
+"""The HTTP API that the Dify API server calls."""

@@ -1,0 +1,59 @@
+"""The Starlette application: routes, middleware and the lifespan that runs the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from plugin_daemon.api import dispatch_routes, management
+from plugin_daemon.api.envelope import JSONResponse
+from plugin_daemon.api.health import health_check
+from plugin_daemon.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from plugin_daemon.daemon import Daemon
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"code": "not_found", "message": "route not found"}, status_code=404)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"code": "method_not_allowed", "message": "method not allowed"}, status_code=405)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        return await _not_found(request, exc)
+    if status == 405:
+        return await _method_not_allowed(request, exc)
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return JSONResponse({"code": status, "message": str(detail), "data": None}, status_code=status)
+
+
+def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
+    """The ASGI app of ``daemon``; its lifespan starts and stops the daemon's runtimes."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with daemon.running(relaunch=relaunch):
+            yield
+
+    routes = [Route("/health/check", health_check, methods=["GET"])]
+    routes += management.routes()
+    routes += dispatch_routes.routes()
+    routes += daemon.extensions.routes()
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _method_not_allowed, HTTPException: _http_error},
+    )
+    app.state.daemon = daemon
+    app.add_middleware(ApiKeyMiddleware, key=daemon.settings.SERVER_KEY)
+    app.add_middleware(BodyLimitMiddleware, limit=daemon.settings.MAX_REQUEST_BODY_SIZE)
+    return app

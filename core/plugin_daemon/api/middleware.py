@@ -1,0 +1,85 @@
+"""Pure ASGI middleware: the X-Api-Key check and the request body limit."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from plugin_daemon.errors import BadRequest, DaemonError, Unauthorized
+
+#: Paths that carry the X-Api-Key check (the Go daemon's protected groups).
+PROTECTED_PREFIXES = ("/plugin/", "/v2/invoke/")
+
+
+async def _send_error(send: Send, error: DaemonError, status: int) -> None:
+    body = orjson.dumps(error.envelope())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """Rejects requests to protected paths whose ``X-Api-Key`` is not the server key (401)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
+            supplied = b""
+            for name, value in scope["headers"]:
+                if name == b"x-api-key":
+                    supplied = value
+                    break
+            if not hmac.compare_digest(supplied, self.key):
+                await _send_error(send, Unauthorized("unauthorized"), 401)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``limit`` bytes (413), by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_error(send, self._too_large(), 413)
+                return
+        received = 0
+        limit = self.limit
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await _send_error(send, self._too_large(), 413)
+
+    def _too_large(self) -> BadRequest:
+        return BadRequest(f"request body is larger than the limit of {self.limit} bytes")
+
+
+class BodyTooLarge(Exception):
+    pass

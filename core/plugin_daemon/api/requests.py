@@ -1,0 +1,60 @@
+"""Reading what a caller sent: JSON bodies, query parameters, the tenant in the path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from plugin_daemon.errors import BadRequest
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("request body is empty; a JSON object is required")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...] = str, *, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"field {name!r} is required")
+        return None
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BadRequest(f"field {name!r} must be a {expected}")
+    return value
+
+
+def query(request: Request, name: str, *, required: bool = True) -> str:
+    value = request.query_params.get(name)
+    if not value and required:
+        raise BadRequest(f"query parameter {name!r} is required")
+    return value or ""
+
+
+def page(request: Request, *, max_size: int = 256) -> tuple[int, int]:
+    try:
+        number = int(request.query_params.get("page", "1"))
+        size = int(request.query_params.get("page_size", "256"))
+    except ValueError:
+        raise BadRequest("page and page_size must be integers") from None
+    if number < 1 or size < 1 or size > max_size:
+        raise BadRequest(f"page must be >= 1 and page_size between 1 and {max_size}")
+    return number, size
+
+
+def tenant(request: Request) -> str:
+    tenant_id = request.path_params["tenant_id"]
+    if not tenant_id or len(tenant_id) > 64:
+        raise BadRequest("tenant_id must be 1 to 64 characters")
+    return tenant_id

@@ -1,0 +1,51 @@
+"""Folders of named blobs on disk: packages (by checksum) and assets (by media id).
+
+Names are checked against a strict pattern, so no name given by a caller can leave the folder.
+Writes go to a temporary file first and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class Bucket:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        if not _SAFE_NAME.match(name) or ".." in name:
+            raise KeyError(f"invalid blob name {name!r}")
+        return self.root / name
+
+    def put(self, name: str, data: bytes) -> Path:
+        target = self.path(name)
+        if target.exists() and target.stat().st_size == len(data):
+            return target
+        fd, temporary = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return target
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except (KeyError, FileNotFoundError):
+            return None
+
+    def exists(self, name: str) -> bool:
+        try:
+            return self.path(name).is_file()
+        except KeyError:
+            return False

@@ -1,0 +1,84 @@
+"""The daemon's object graph: settings, extensions, database, managers, runtimes, sessions."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from plugin_daemon.config import Settings
+from plugin_daemon.control_panel import ControlPanel
+from plugin_daemon.dispatch import UnsupportedBackwards
+from plugin_daemon.installer import Installer
+from plugin_daemon.manager import PluginManager
+from plugin_daemon.plugins import ExtensionManager, load_extensions
+from plugin_daemon.sessions import SessionManager
+from plugin_daemon.store.database import Database
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.abc import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Everything one daemon process holds. Built once; started by :meth:`running`."""
+
+    def __init__(self, settings: Settings, extensions: ExtensionManager | None = None) -> None:
+        self.settings = settings
+        settings.ensure_directories()
+        self.extensions = extensions or load_extensions(settings.disabled_extensions)
+        self.database = Database(settings.database_url)
+        self.manager = PluginManager(settings, self.database)
+        self.sessions = SessionManager()
+        self.backwards: Any = UnsupportedBackwards()
+        self.installer = Installer(self)
+        self.control_panel = ControlPanel(self, self.extensions.runtime_factories())
+        self.services = {name: factory(self) for name, factory in self.extensions.service_factories().items()}
+        self._task_group: TaskGroup | None = None
+        #: anything an extension wants to share with its routes (keyed by extension name)
+        self.state: dict[str, Any] = {}
+
+    @property
+    def task_group(self) -> TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError("the daemon is not running")
+        return self._task_group
+
+    @asynccontextmanager
+    async def running(self, *, relaunch: bool = True) -> AsyncIterator[Daemon]:
+        """Start runtimes and services in one task group; stop everything on exit."""
+        interrupted = await anyio.to_thread.run_sync(self.installer.fail_interrupted)
+        if interrupted:
+            log.warning("%d install task(s) were interrupted by the last shutdown and are marked failed", interrupted)
+        try:
+            async with anyio.create_task_group() as group:
+                self._task_group = group
+                for runtime in self.control_panel.runtimes.values():
+                    await group.start(_serve_runtime, runtime)
+                for name, service in self.services.items():
+                    await group.start(_run_service, name, service)
+                if relaunch:
+                    group.start_soon(self.control_panel.relaunch_installed)
+                try:
+                    yield self
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            with anyio.CancelScope(shield=True):
+                await self.control_panel.aclose()
+            self.database.dispose()
+
+
+async def _serve_runtime(runtime: Any, *, task_status: Any) -> None:
+    await runtime.serve(task_status=task_status)
+
+
+async def _run_service(name: str, service: Any, *, task_status: Any) -> None:
+    log.info("starting service %s", name)
+    await service(task_status=task_status)

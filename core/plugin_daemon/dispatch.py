@@ -1,0 +1,192 @@
+"""Dispatch: one call from Dify becomes one session on a plugin, streamed back as SSE.
+
+The session runs as a task of the daemon, not of the HTTP request: it always drains to the
+plugin's ``end`` and is then removed, even if the caller has gone (its output is dropped then).
+Its events reach the HTTP response through a small memory stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from plugin_daemon.api.envelope import sse_failure, sse_success
+from plugin_daemon.errors import DaemonError, InternalError, PluginInvokeError
+from plugin_daemon.protocol.messages import encode_request
+from plugin_daemon.runtime import EventKind, SessionChannel
+from plugin_daemon.sessions import Session
+
+if TYPE_CHECKING:
+    from plugin_daemon.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+#: Largest merged blob of an agent strategy (as the Go daemon).
+MAX_AGENT_BLOB = 15 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Access:
+    """A dispatch route's plugin access type and action, and the ``data`` fields it requires."""
+
+    type: str
+    action: str
+    required: tuple[str, ...] = ()
+    streaming: bool = True
+
+
+class BackwardsHandler(Protocol):
+    async def handle(self, session: Session, channel: SessionChannel, payload: Any) -> None: ...
+
+
+class UnsupportedBackwards:
+    """Answers every backwards invocation with an error (used until a handler is installed)."""
+
+    async def handle(self, session: Session, channel: SessionChannel, payload: Any) -> None:
+        from plugin_daemon.protocol.messages import encode_backwards_response
+
+        request_id = payload.get("backwards_request_id", "") if isinstance(payload, dict) else ""
+        await channel.send(
+            encode_backwards_response(session.id, request_id, "error", "backwards invocation is not available", None)
+        )
+        await channel.send(encode_backwards_response(session.id, request_id, "end", "", None))
+
+
+class BlobMerger:
+    """Merges an agent strategy's ``blob_chunk`` items into one ``blob`` item, as the Go daemon does."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[bytes]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def feed(self, item: Any) -> Any | None:
+        if not isinstance(item, dict) or item.get("type") != "blob_chunk":
+            return item
+        message = item.get("message") or {}
+        blob_id = str(message.get("id", ""))
+        chunk = base64.b64decode(message.get("blob") or "")
+        size = self.sizes.get(blob_id, 0) + len(chunk)
+        if size > MAX_AGENT_BLOB:
+            raise InternalError(f"blob {blob_id} is larger than {MAX_AGENT_BLOB} bytes")
+        self.sizes[blob_id] = size
+        self.parts.setdefault(blob_id, []).append(chunk)
+        if not message.get("end"):
+            return None
+        data = b"".join(self.parts.pop(blob_id))
+        self.sizes.pop(blob_id, None)
+        return {"type": "blob", "message": {"blob": base64.b64encode(data).decode()}, "meta": item.get("meta")}
+
+
+async def run_session(
+    daemon: Daemon,
+    session: Session,
+    channel: SessionChannel,
+    output: MemoryObjectSendStream[bytes],
+    *,
+    merge_blobs: bool = False,
+) -> None:
+    """Drive one session to its end, writing SSE events to ``output`` while anyone listens."""
+    listening = True
+
+    async def emit(chunk: bytes) -> None:
+        nonlocal listening
+        if not listening:
+            return
+        try:
+            await output.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            listening = False  # the caller left; keep draining the plugin's answer
+
+    merger = BlobMerger() if merge_blobs else None
+    backwards: BackwardsHandler = daemon.backwards
+    try:
+        async with anyio.create_task_group() as calls:
+            with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
+                async for event in channel:
+                    session.touch()
+                    kind = event.kind
+                    if kind is EventKind.STREAM:
+                        item = merger.feed(event.data) if merger else event.data
+                        if item is not None:
+                            await emit(sse_success(item))
+                    elif kind is EventKind.INVOKE:
+                        calls.start_soon(backwards.handle, session, channel, event.data)
+                    elif kind is EventKind.ERROR:
+                        await emit(sse_failure(PluginInvokeError.from_plugin(event.data)))
+                        break
+                    elif kind is EventKind.END:
+                        break
+            if deadline.cancelled_caught:
+                await emit(sse_failure(InternalError("killed by timeout")))
+            calls.cancel_scope.cancel()
+    except DaemonError as exc:
+        await emit(sse_failure(exc))
+    except Exception as exc:
+        log.exception("session %s failed", session.id)
+        await emit(sse_failure(InternalError(f"session failed: {exc}")))
+    finally:
+        daemon.sessions.end(session)
+        with anyio.CancelScope(shield=True):
+            await channel.aclose()
+            await output.aclose()
+
+
+async def start_session(
+    daemon: Daemon,
+    *,
+    tenant_id: str,
+    user_id: str,
+    plugin_id: str,
+    identifier: str,
+    runtime_type: str,
+    access: Access,
+    body: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    """Open a session on a ready instance and return the SSE byte stream of its answer."""
+    runtime = await daemon.control_panel.ready_runtime(identifier, runtime_type)
+    spec = await daemon.control_panel.spec(identifier)
+    session = daemon.sessions.create(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        plugin_id=plugin_id,
+        identifier=identifier,
+        runtime_type=runtime_type,
+        access_type=access.type,
+        action=access.action,
+        declaration=spec.declaration,
+    )
+    data = {"user_id": user_id, "type": access.type, "action": access.action, **body["data"]}
+    line = encode_request(
+        session.id,
+        data,
+        conversation_id=body.get("conversation_id"),
+        message_id=body.get("message_id"),
+        app_id=body.get("app_id"),
+        endpoint_id=body.get("endpoint_id"),
+        context=body.get("context"),
+    )
+    try:
+        channel = await runtime.open_session(identifier, session.id, line)
+    except DaemonError:
+        daemon.sessions.end(session, "failed")
+        raise
+    except Exception as exc:
+        daemon.sessions.end(session, "failed")
+        raise InternalError(f"failed to send the request to plugin {identifier}: {exc}") from exc
+    send, receive = anyio.create_memory_object_stream[bytes](64)
+    daemon.task_group.start_soon(
+        lambda: run_session(daemon, session, channel, send, merge_blobs=access.type == "agent_strategy")
+    )
+    return _drain(receive)
+
+
+async def _drain(receive: Any) -> AsyncIterator[bytes]:
+    async with receive:
+        async for chunk in receive:
+            yield chunk

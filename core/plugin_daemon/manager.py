@@ -1,0 +1,465 @@
+"""The plugin manager: packages, declarations and installations, persisted.
+
+Every method here is synchronous (SQLAlchemy); the API calls them in a worker thread. What the
+dispatch hot path needs (installation by tenant and plugin id, the spec of an identifier) is
+cached in memory and invalidated on every change made through this object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from plugin_daemon.buckets import Bucket
+from plugin_daemon.config import Settings
+from plugin_daemon.errors import BadRequest, NotFound, UniqueIdentifierError
+from plugin_daemon.packages import DecodedPackage, PackageError, PluginIdentifier, decode_package
+from plugin_daemon.runtime import PluginSpec
+from plugin_daemon.store.database import Database
+from plugin_daemon.store.models import (
+    CATEGORY_TABLES,
+    InstallationRow,
+    PluginDeclarationRow,
+    PluginRow,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What dispatch needs to know about a tenant's installation."""
+
+    id: str
+    tenant_id: str
+    plugin_id: str
+    identifier: str
+    runtime_type: str
+
+
+def _iso(value: Any) -> str:
+    text = value.isoformat()
+    return text.replace("+00:00", "Z") if text.endswith("+00:00") else text + "Z"
+
+
+def parse_identifier(text: str) -> PluginIdentifier:
+    try:
+        return PluginIdentifier.parse(text)
+    except PackageError as exc:
+        raise UniqueIdentifierError(exc.message) from exc
+
+
+class PluginManager:
+    def __init__(self, settings: Settings, database: Database) -> None:
+        self.settings = settings
+        self.db = database
+        self.packages = Bucket(settings.package_path)
+        self.media = Bucket(settings.media_path)
+        self._lock = threading.Lock()
+        self._installations: dict[tuple[str, str], Installation | None] = {}
+        self._specs: dict[str, PluginSpec] = {}
+
+    # --- packages ---------------------------------------------------------------------
+    def public_keys(self) -> list[bytes]:
+        if not self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED:
+            return []
+        keys = []
+        for path in self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS.split(","):
+            if path.strip():
+                with open(path.strip(), "rb") as handle:
+                    keys.append(handle.read())
+        return keys
+
+    def upload(self, data: bytes, *, verify_signature: bool) -> dict[str, Any]:
+        """Decode, validate and keep a package; returns the Dify ``PluginDecodeResponse``."""
+        if len(data) > self.settings.MAX_PLUGIN_PACKAGE_SIZE:
+            raise BadRequest(
+                f"plugin package is {len(data)} bytes, over MAX_PLUGIN_PACKAGE_SIZE "
+                f"({self.settings.MAX_PLUGIN_PACKAGE_SIZE} bytes)"
+            )
+        try:
+            decoded = decode_package(
+                data,
+                max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE,
+                max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
+                public_keys=self.public_keys(),
+                require_signature=verify_signature or self.settings.FORCE_VERIFYING_SIGNATURE,
+            )
+        except PackageError as exc:
+            raise BadRequest(exc.message) from exc
+        self._keep(decoded, data)
+        return self._decode_response(str(decoded.identifier), decoded.declaration, decoded.verification)
+
+    def _keep(self, decoded: DecodedPackage, data: bytes) -> None:
+        for media_id, content in decoded.assets.items():
+            self.media.put(media_id, content)
+        self.packages.put(f"{decoded.checksum}.difypkg", data)
+        identifier = str(decoded.identifier)
+        with self.db.transaction() as session:
+            row = session.scalar(
+                select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
+            )
+            if row is None:
+                session.add(
+                    PluginDeclarationRow(
+                        plugin_unique_identifier=identifier,
+                        plugin_id=decoded.identifier.plugin_id,
+                        checksum=decoded.checksum,
+                        declaration=decoded.declaration,
+                        verification=decoded.verification,
+                    )
+                )
+            else:
+                row.declaration = decoded.declaration
+                row.verification = decoded.verification
+
+    @staticmethod
+    def _decode_response(identifier: str, declaration: dict[str, Any], verification: Any) -> dict[str, Any]:
+        return {"unique_identifier": identifier, "manifest": declaration, "verification": verification}
+
+    def declaration_row(self, identifier: str) -> PluginDeclarationRow | None:
+        with self.db.transaction() as session:
+            return session.scalar(
+                select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
+            )
+
+    def decode_from_identifier(self, identifier: str) -> dict[str, Any]:
+        parse_identifier(identifier)
+        row = self.declaration_row(identifier)
+        if row is None:
+            raise NotFound(f"plugin package {identifier} is not known; upload it first")
+        return self._decode_response(identifier, row.declaration, row.verification)
+
+    def manifest(self, identifier: str) -> dict[str, Any]:
+        return self.decode_from_identifier(identifier)["manifest"]
+
+    def package_known(self, identifier: str) -> bool:
+        parse_identifier(identifier)
+        return self.declaration_row(identifier) is not None
+
+    def register_declaration(
+        self, identifier: str, declaration: dict[str, Any], verification: dict[str, Any] | None = None
+    ) -> None:
+        """Keep a declaration that did not come from an uploaded package (a debug plugin)."""
+        parsed = parse_identifier(identifier)
+        with self.db.transaction() as session:
+            row = session.scalar(
+                select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
+            )
+            if row is None:
+                session.add(
+                    PluginDeclarationRow(
+                        plugin_unique_identifier=identifier,
+                        plugin_id=parsed.plugin_id,
+                        checksum=parsed.checksum,
+                        declaration=declaration,
+                        verification=verification,
+                    )
+                )
+            else:
+                row.declaration = declaration
+        self._specs.pop(identifier, None)
+
+    # --- specs for runtimes -----------------------------------------------------------
+    def spec(self, identifier: str) -> PluginSpec:
+        spec = self._specs.get(identifier)
+        if spec is not None:
+            return spec
+        row = self.declaration_row(identifier)
+        if row is None:
+            raise NotFound(f"plugin package {identifier} is not known")
+        package = self.packages.path(f"{row.checksum}.difypkg")
+        spec = PluginSpec(
+            identifier=identifier,
+            plugin_id=row.plugin_id,
+            checksum=row.checksum,
+            declaration=row.declaration,
+            package_path=package if package.exists() else None,
+        )
+        self._specs[identifier] = spec
+        return spec
+
+    # --- installations ----------------------------------------------------------------
+    def installation(self, tenant_id: str, plugin_id: str) -> Installation | None:
+        """The tenant's installation of ``plugin_id`` (cached; the dispatch hot path)."""
+        key = (tenant_id, plugin_id)
+        try:
+            return self._installations[key]
+        except KeyError:
+            pass
+        with self.db.transaction() as session:
+            row = session.scalar(
+                select(InstallationRow).where(
+                    InstallationRow.tenant_id == tenant_id, InstallationRow.plugin_id == plugin_id
+                )
+            )
+            found = (
+                Installation(row.id, row.tenant_id, row.plugin_id, row.plugin_unique_identifier, row.runtime_type)
+                if row
+                else None
+            )
+        self._installations[key] = found
+        return found
+
+    def _forget(self, tenant_id: str, plugin_id: str) -> None:
+        self._installations.pop((tenant_id, plugin_id), None)
+
+    def install(
+        self,
+        tenant_id: str,
+        identifier: str,
+        *,
+        runtime_type: str,
+        source: str,
+        meta: dict[str, Any] | None = None,
+    ) -> Installation:
+        """Record an installation (idempotent; replaces another version of the same plugin)."""
+        parsed = parse_identifier(identifier)
+        row = self.declaration_row(identifier)
+        if row is None:
+            raise NotFound(f"plugin package {identifier} is not known; upload it first")
+        declaration = row.declaration
+        with self._lock, self.db.transaction() as session:
+            existing = session.scalar(
+                select(InstallationRow).where(
+                    InstallationRow.tenant_id == tenant_id, InstallationRow.plugin_id == parsed.plugin_id
+                )
+            )
+            if existing is not None and existing.plugin_unique_identifier == identifier:
+                return Installation(existing.id, tenant_id, parsed.plugin_id, identifier, existing.runtime_type)
+            if existing is not None:
+                self._remove_installation(session, existing)
+            plugin = session.scalar(select(PluginRow).where(PluginRow.plugin_unique_identifier == identifier))
+            if plugin is None:
+                plugin = PluginRow(
+                    plugin_unique_identifier=identifier,
+                    plugin_id=parsed.plugin_id,
+                    refers=0,
+                    install_type=runtime_type,
+                    source=source,
+                    remote_declaration=declaration if runtime_type == "remote" else None,
+                )
+                session.add(plugin)
+            plugin.refers += 1
+            installation = InstallationRow(
+                tenant_id=tenant_id,
+                plugin_id=parsed.plugin_id,
+                plugin_unique_identifier=identifier,
+                runtime_type=runtime_type,
+                source=source,
+                meta=meta or {},
+            )
+            session.add(installation)
+            for key, table in CATEGORY_TABLES.items():
+                provider = declaration.get(key)
+                if provider:
+                    session.add(
+                        table(
+                            tenant_id=tenant_id,
+                            provider=_provider_name(provider),
+                            plugin_unique_identifier=identifier,
+                            plugin_id=parsed.plugin_id,
+                        )
+                    )
+            session.flush()
+            result = Installation(installation.id, tenant_id, parsed.plugin_id, identifier, runtime_type)
+        self._forget(tenant_id, parsed.plugin_id)
+        return result
+
+    def _remove_installation(self, session: Any, installation: InstallationRow) -> str | None:
+        """Delete an installation and its category rows; returns the identifier if no tenant uses it now."""
+        identifier = installation.plugin_unique_identifier
+        for table in CATEGORY_TABLES.values():
+            session.execute(
+                delete(table).where(
+                    table.tenant_id == installation.tenant_id, table.plugin_unique_identifier == identifier
+                )
+            )
+        session.delete(installation)
+        plugin = session.scalar(select(PluginRow).where(PluginRow.plugin_unique_identifier == identifier))
+        unused = None
+        if plugin is not None:
+            plugin.refers -= 1
+            if plugin.refers <= 0:
+                session.delete(plugin)
+                unused = identifier
+        return unused
+
+    def uninstall(self, tenant_id: str, installation_id: str) -> tuple[Installation | None, bool]:
+        """Remove an installation; returns it (None if absent) and whether no tenant uses its package now."""
+        with self._lock, self.db.transaction() as session:
+            row = session.scalar(
+                select(InstallationRow).where(
+                    InstallationRow.id == installation_id, InstallationRow.tenant_id == tenant_id
+                )
+            )
+            if row is None:
+                return None, False
+            removed = Installation(row.id, tenant_id, row.plugin_id, row.plugin_unique_identifier, row.runtime_type)
+            unused = self._remove_installation(session, row)
+        self._forget(tenant_id, removed.plugin_id)
+        return removed, unused is not None
+
+    def uninstall_plugin(self, tenant_id: str, plugin_id: str) -> tuple[Installation | None, bool]:
+        found = self.installation(tenant_id, plugin_id)
+        if found is None:
+            return None, False
+        return self.uninstall(tenant_id, found.id)
+
+    def installed_identifiers(self, runtime_type: str | None = None) -> list[str]:
+        """Every identifier installed for some tenant (optionally of one runtime type)."""
+        with self.db.transaction() as session:
+            query = select(InstallationRow.plugin_unique_identifier).distinct()
+            if runtime_type:
+                query = query.where(InstallationRow.runtime_type == runtime_type)
+            return list(session.scalars(query))
+
+    # --- listings for the Dify API ------------------------------------------------------
+    def _declarations(self, session: Any, identifiers: set[str]) -> dict[str, PluginDeclarationRow]:
+        if not identifiers:
+            return {}
+        rows = session.scalars(
+            select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier.in_(identifiers))
+        )
+        return {row.plugin_unique_identifier: row for row in rows}
+
+    def _installation_entity(self, row: InstallationRow, declaration: PluginDeclarationRow | None) -> dict[str, Any]:
+        parsed = PluginIdentifier.parse(row.plugin_unique_identifier)
+        return {
+            "id": row.id,
+            "created_at": _iso(row.created_at),
+            "updated_at": _iso(row.updated_at),
+            "name": parsed.name,
+            "tenant_id": row.tenant_id,
+            "plugin_id": row.plugin_id,
+            "plugin_unique_identifier": row.plugin_unique_identifier,
+            "installation_id": row.id,
+            "endpoints_setups": row.endpoints_setups,
+            "endpoints_active": row.endpoints_active,
+            "runtime_type": row.runtime_type,
+            "source": row.source,
+            "meta": row.meta or {},
+            "version": parsed.version,
+            "checksum": parsed.checksum,
+            "declaration": declaration.declaration if declaration else None,
+        }
+
+    def list_installations(self, tenant_id: str, page: int, page_size: int) -> dict[str, Any]:
+        with self.db.transaction() as session:
+            condition = InstallationRow.tenant_id == tenant_id
+            total = session.scalar(select(func.count()).select_from(InstallationRow).where(condition)) or 0
+            rows = list(
+                session.scalars(
+                    select(InstallationRow)
+                    .where(condition)
+                    .order_by(InstallationRow.created_at, InstallationRow.id)
+                    .offset((page - 1) * page_size)
+                    .limit(page_size)
+                )
+            )
+            declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
+            items = [self._installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
+        return {"list": items, "total": total}
+
+    def installations_by_plugin_ids(self, tenant_id: str, plugin_ids: list[str]) -> list[dict[str, Any]]:
+        if not plugin_ids:
+            return []
+        with self.db.transaction() as session:
+            rows = list(
+                session.scalars(
+                    select(InstallationRow).where(
+                        InstallationRow.tenant_id == tenant_id, InstallationRow.plugin_id.in_(plugin_ids)
+                    )
+                )
+            )
+            declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
+            return [self._installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
+
+    def missing(self, tenant_id: str, identifiers: list[str]) -> list[dict[str, Any]]:
+        """Identifiers the tenant lacks, with the identifier it has for the same plugin, if any."""
+        with self.db.transaction() as session:
+            rows = session.scalars(select(InstallationRow).where(InstallationRow.tenant_id == tenant_id))
+            by_plugin = {row.plugin_id: row.plugin_unique_identifier for row in rows}
+        missing = []
+        for identifier in identifiers:
+            parsed = parse_identifier(identifier)
+            current = by_plugin.get(parsed.plugin_id)
+            if current != identifier:
+                missing.append({"plugin_unique_identifier": identifier, "current_identifier": current})
+        return missing
+
+    def list_category(self, key: str, tenant_id: str, page: int, page_size: int) -> list[dict[str, Any]]:
+        table = CATEGORY_TABLES[key]
+        with self.db.transaction() as session:
+            rows = list(
+                session.scalars(
+                    select(table)
+                    .where(table.tenant_id == tenant_id)
+                    .order_by(table.created_at, table.id)
+                    .offset((page - 1) * page_size)
+                    .limit(page_size)
+                )
+            )
+            declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
+        return [self._category_entity(key, row, declarations.get(row.plugin_unique_identifier)) for row in rows]
+
+    def category_provider(self, key: str, tenant_id: str, plugin_id: str, provider: str) -> dict[str, Any] | None:
+        table = CATEGORY_TABLES[key]
+        with self.db.transaction() as session:
+            row = session.scalar(
+                select(table).where(
+                    table.tenant_id == tenant_id, table.plugin_id == plugin_id, table.provider == provider
+                )
+            )
+            if row is None:
+                return None
+            declarations = self._declarations(session, {row.plugin_unique_identifier})
+        return self._category_entity(key, row, declarations.get(row.plugin_unique_identifier))
+
+    @staticmethod
+    def _category_entity(key: str, row: Any, declaration: PluginDeclarationRow | None) -> dict[str, Any]:
+        full = declaration.declaration if declaration else {}
+        entity = {
+            "id": row.id,
+            "created_at": _iso(row.created_at),
+            "updated_at": _iso(row.updated_at),
+            "tenant_id": row.tenant_id,
+            "provider": row.provider,
+            "plugin_unique_identifier": row.plugin_unique_identifier,
+            "plugin_id": row.plugin_id,
+            "declaration": full.get(key),
+        }
+        if key == "agent_strategy":
+            entity["meta"] = full.get("meta") or {}
+        return entity
+
+    def tools_exist(self, tenant_id: str, providers: list[dict[str, str]]) -> list[bool]:
+        table = CATEGORY_TABLES["tool"]
+        with self.db.transaction() as session:
+            rows = session.execute(select(table.plugin_id, table.provider).where(table.tenant_id == tenant_id))
+            present = {(plugin_id, provider) for plugin_id, provider in rows}
+        return [(item.get("plugin_id", ""), item.get("provider_name", "")) in present for item in providers]
+
+    def installation_ids(self, tenant_id: str, category: str | None) -> list[str]:
+        """Plugin ids installed for a tenant, optionally of one declaration category."""
+        with self.db.transaction() as session:
+            rows = list(session.scalars(select(InstallationRow).where(InstallationRow.tenant_id == tenant_id)))
+            if not category:
+                return [row.plugin_id for row in rows]
+            declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
+        return [
+            row.plugin_id
+            for row in rows
+            if (declarations.get(row.plugin_unique_identifier) or PluginDeclarationRow(declaration={}))
+            .declaration.get("category")
+            == category
+        ]
+
+
+def _provider_name(provider: dict[str, Any]) -> str:
+    identity = provider.get("identity") or {}
+    return str(identity.get("name") or provider.get("provider") or "")

@@ -1,0 +1,73 @@
+"""The session manager: one session per dispatch call, tracked until it ends.
+
+A session belongs to the daemon, not to the caller's connection: when the caller goes away the
+session keeps running to its ``end`` (so a plugin's later backwards calls still find their
+context), and only then is it removed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    tenant_id: str
+    user_id: str
+    plugin_id: str
+    identifier: str
+    runtime_type: str
+    access_type: str
+    action: str
+    declaration: dict[str, Any]
+    state: str = "running"
+    created_at: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    #: anything the runtime or extensions want to keep with the session
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    def as_dict(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
+            "plugin_id": self.plugin_id,
+            "plugin_unique_identifier": self.identifier,
+            "runtime_type": self.runtime_type,
+            "type": self.access_type,
+            "action": self.action,
+            "state": self.state,
+            "age_seconds": round(now - self.created_at, 3),
+            "idle_seconds": round(now - self.last_active, 3),
+        }
+
+
+class SessionManager:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def create(self, **fields: Any) -> Session:
+        session = Session(id=str(uuid.uuid4()), **fields)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def end(self, session: Session, state: str = "ended") -> None:
+        session.state = state
+        self._sessions.pop(session.id, None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def list(self) -> list[Session]:
+        return list(self._sessions.values())
