@@ -1,0 +1,29 @@
+"""Dify ``.difypkg`` plugin packages: decode (safely), validate, verify, extract and build.
+
+The format is the Go daemon's (reference/protocol.md §6): a zip with ``manifest.yaml`` at its root,
+the provider YAMLs it names, the plugin's code and ``_assets/``; the checksum and the unique
+identifier ``author/name:version@checksum``; an optional RSA signature in the zip comment.
+"""
+
+from __future__ import annotations
+
+from .build import build_package
+from .checksum import package_checksum
+from .declaration import plugin_category
+from .decode import DecodedPackage, decode_package
+from .errors import PackageError
+from .extract import safe_extract
+from .identity import PluginIdentifier
+from .signature import sign_package
+
+__all__ = [
+    "DecodedPackage",
+    "PackageError",
+    "PluginIdentifier",
+    "build_package",
+    "decode_package",
+    "package_checksum",
+    "plugin_category",
+    "safe_extract",
+    "sign_package",
+]

@@ -1,0 +1,60 @@
+"""decode_package: from untrusted bytes to a validated, identified plugin declaration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .archive import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE, read_archive
+from .assets import package_assets, remap_icons
+from .checksum import package_checksum
+from .declaration import build_declaration
+from .errors import PackageError
+from .identity import PluginIdentifier
+from .signature import check_signature, load_public_keys, verification_record
+
+
+@dataclass(frozen=True)
+class DecodedPackage:
+    identifier: PluginIdentifier
+    checksum: str
+    declaration: dict[str, Any]  # JSON-able, icon fields rewritten to media ids
+    assets: dict[str, bytes]  # media id -> content, for every file under _assets/
+    verification: dict[str, str] | None  # {"authorized_category": ...} when the signature verified
+    files: dict[str, bytes]  # path -> content, in zip order
+
+
+def decode_package(
+    data: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    public_keys: Sequence[bytes] = (),
+    require_signature: bool = False,
+) -> DecodedPackage:
+    """Check, verify and read a .difypkg; raise PackageError saying what is wrong."""
+    keys = load_public_keys(public_keys)
+    archive = read_archive(data, max_size=max_size, max_entries=max_entries)
+    signature = check_signature(archive, keys)
+    if require_signature and not signature.verified:
+        raise PackageError(
+            f"package signature is required but could not be verified with {len(keys)} "
+            f"public key{'' if len(keys) == 1 else 's'} tried: {signature.reason}"
+        )
+    verification = verification_record(archive.files) if signature.verified else None
+    checksum = package_checksum(archive.files)
+    declaration = build_declaration(archive.files)
+    declaration["verified"] = signature.verified
+    identifier = PluginIdentifier.parse(
+        f"{declaration['author']}/{declaration['name']}:{declaration['version']}@{checksum}"
+    )
+    assets = remap_icons(declaration, package_assets(archive.files))
+    return DecodedPackage(
+        identifier=identifier,
+        checksum=checksum,
+        declaration=declaration,
+        assets=assets,
+        verification=verification,
+        files=archive.files,
+    )
