@@ -66,13 +66,16 @@ ACCESSES: dict[str, Access] = {
 
 
 async def _parse(request: Request, access: Access) -> dict[str, Any]:
-    body = await json_body(request)
+    try:
+        body = await json_body(request)
+    except BadRequest as exc:
+        raise BadRequest(exc.message, http_status=400) from None
     data = body.get("data")
     if not isinstance(data, dict):
-        raise BadRequest("field 'data' is required and must be an object")
+        raise BadRequest("field 'data' is required and must be an object", http_status=400)
     for name in access.required:
         if data.get(name) in (None, ""):
-            raise BadRequest(f"field 'data.{name}' is required")
+            raise BadRequest(f"field 'data.{name}' is required", http_status=400)
     return body
 
 
@@ -81,11 +84,10 @@ def _dispatch_endpoint(access: Access, *, by_identifier: bool = False):  # noqa:
         daemon = request.app.state.daemon
         try:
             tenant_id = tenant(request) if not by_identifier else request.headers.get("x-tenant-id", "")
-            body = await _parse(request, access)
             if by_identifier:
                 identifier = request.headers.get("x-plugin-unique-identifier", "")
                 if not identifier:
-                    raise BadRequest("header X-Plugin-Unique-Identifier is required")
+                    raise BadRequest("header X-Plugin-Unique-Identifier is required", http_status=400)
                 plugin_id = parse_identifier(identifier).plugin_id
                 runtime_type = daemon.control_panel.default_runtime_type()
             else:
@@ -100,6 +102,7 @@ def _dispatch_endpoint(access: Access, *, by_identifier: bool = False):  # noqa:
                         f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404
                     )
                 identifier, runtime_type = installation.identifier, installation.runtime_type
+            body = await _parse(request, access)
             stream = await start_session(
                 daemon,
                 tenant_id=tenant_id,
