@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from plugin_daemon.config import Settings
+from sqlalchemy import create_engine, text
 
 TEST_KEY = "test-server-key-0123456789"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

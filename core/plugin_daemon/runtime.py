@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from plugin_daemon.daemon import Daemon
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """The kinds of session message a plugin sends (``data.type`` of a session frame)."""
 
     STREAM = "stream"
@@ -50,7 +50,7 @@ class SessionEvent:
     data: Any = None
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     """Where an installed plugin stands in a runtime, as far as callers care."""
 
     ABSENT = "absent"  # never launched here

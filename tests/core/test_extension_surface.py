@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pluggy
 import pytest
-
 from plugin_daemon import hookspecs
 from plugin_daemon.config import Settings
 from plugin_daemon.hookspecs import hookimpl

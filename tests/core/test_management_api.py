@@ -9,17 +9,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from plugin_daemon.packages import build_package
+
 from tests.conftest import TEST_KEY
 from tests.support.daemon_server import running_daemon
+from tests.support.waiting import wait_for
 
 ECHO_TOOL = Path(__file__).parents[1] / "plugins" / "echo_tool"
 TENANT = "tenant-1"
@@ -65,13 +65,11 @@ def upload(client: httpx.Client, package: bytes, tenant: str = TENANT) -> httpx.
 
 
 def wait_task(client: httpx.Client, task_id: str, tenant: str = TENANT) -> dict[str, Any]:
-    deadline = time.monotonic() + TASK_DEADLINE
-    while True:
+    def finished() -> dict[str, Any] | None:
         task = envelope(client.get(f"/plugin/{tenant}/management/install/tasks/{task_id}"))
-        if task["status"] in ("success", "failed"):
-            return task
-        assert time.monotonic() < deadline, f"install task still {task['status']}: {task}"
-        time.sleep(0.05)
+        return task if task["status"] in ("success", "failed") else None
+
+    return wait_for(finished, TASK_DEADLINE, f"install task {task_id}")
 
 
 def install(client: httpx.Client, identifier: str, tenant: str = TENANT) -> dict[str, Any]:
@@ -133,7 +131,9 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
         )
         assert exists == [True, False]
         batch = envelope(
-            client.post(f"/plugin/{TENANT}/management/installation/fetch/batch", json={"plugin_ids": ["tester/echo_tool"]})
+            client.post(
+                f"/plugin/{TENANT}/management/installation/fetch/batch", json={"plugin_ids": ["tester/echo_tool"]}
+            )
         )
         assert batch[0]["plugin_unique_identifier"] == identifier
         missing = envelope(
@@ -156,7 +156,10 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
         answer = client.post(
             f"/plugin/{TENANT}/dispatch/tool/invoke",
             headers={"X-Plugin-ID": "tester/echo_tool"},
-            json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "echo", "tool_parameters": {"text": "hi"}}},
+            json={
+                "user_id": "u1",
+                "data": {"provider": "echo_tool", "tool": "echo", "tool_parameters": {"text": "hi"}},
+            },
         )
         assert sse_items(answer) == [
             {"code": 0, "message": "success", "data": {"type": "text", "message": {"text": "hi"}, "meta": None}}
@@ -175,12 +178,21 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
         assert "data.tool" in error_of(no_tool)["message"]
 
         assert install(client, identifier)["status"] == "success"  # idempotent
-        assert envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 9}))["total"] == 1
+        assert (
+            envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 9}))["total"] == 1
+        )
 
-        assert envelope(
-            client.post(f"/plugin/{TENANT}/management/uninstall", json={"plugin_installation_id": entry["installation_id"]})
-        ) is True
-        assert envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 9}))["total"] == 0
+        assert (
+            envelope(
+                client.post(
+                    f"/plugin/{TENANT}/management/uninstall", json={"plugin_installation_id": entry["installation_id"]}
+                )
+            )
+            is True
+        )
+        assert (
+            envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 9}))["total"] == 0
+        )
         assert envelope(client.get(f"/plugin/{TENANT}/management/tools", params={"page": 1, "page_size": 9})) == []
         gone = client.post(
             f"/plugin/{TENANT}/dispatch/tool/invoke",
@@ -288,7 +300,9 @@ def test_install_reports_failure_truthfully(make_settings, echo_package) -> None
         task = install(client, identifier)
         assert task["status"] == "failed"
         assert "no room for this plugin" in task["plugins"][0]["message"]
-        assert envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}))["total"] == 0
+        assert (
+            envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}))["total"] == 0
+        )
 
 
 def test_runtime_comes_from_entry_points_and_can_be_blocked(make_settings, echo_package) -> None:
@@ -318,4 +332,4 @@ def test_server_key_rules(make_settings) -> None:
     assert make_settings(SERVER_KEY=public, ALLOW_PUBLIC_SERVER_KEY=True).ensure_server_key() is None
     settings = make_settings(SERVER_KEY="")
     generated = settings.ensure_server_key()
-    assert generated and settings.SERVER_KEY == generated and generated != TEST_KEY
+    assert generated and generated == settings.SERVER_KEY and generated != TEST_KEY

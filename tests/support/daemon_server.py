@@ -10,7 +10,6 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
-
 from plugin_daemon.api.app import create_app
 from plugin_daemon.config import Settings
 from plugin_daemon.daemon import Daemon

@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import orjson
-
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route

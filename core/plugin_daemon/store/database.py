@@ -10,11 +10,10 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from plugin_daemon.store.models import Base, SchemaVersion
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-
-from plugin_daemon.store.models import Base, SchemaVersion
 
 log = logging.getLogger(__name__)
 

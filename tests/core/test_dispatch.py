@@ -1,0 +1,161 @@
+"""Dispatch and sessions in the core, over real HTTP, with scripted in-memory plugins."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from plugin_daemon.hookspecs import hookimpl
+from plugin_daemon.packages import build_package
+from plugin_daemon.plugins import load_extensions
+from plugin_daemon.runtime import EventKind, SessionEvent
+from plugin_daemon.runtime_memory import MemoryRuntime
+
+from tests.core.test_management_api import TENANT, envelope, install, sse_items, upload
+from tests.support.daemon_server import running_daemon
+from tests.support.waiting import wait_for
+
+ECHO_TOOL = Path(__file__).parents[1] / "plugins" / "echo_tool"
+release = threading.Event()
+
+
+async def failing(data: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "text", "message": {"text": "before"}, "meta": None}
+    yield SessionEvent(EventKind.ERROR, {"error_type": "InvokeRateLimitError", "message": "slow down", "args": {}})
+
+
+async def slow(data: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "text", "message": {"text": "started"}, "meta": None}
+    await anyio.sleep(30)
+    yield {"type": "text", "message": {"text": "never"}, "meta": None}
+
+
+async def held(data: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "text", "message": {"text": "first"}, "meta": None}
+    await anyio.to_thread.run_sync(release.wait, 20)
+    yield {"type": "text", "message": {"text": "second"}, "meta": None}
+
+
+async def blobs(data: dict[str, Any]) -> AsyncIterator[Any]:
+    payload = b"x" * 20000
+    pieces = [payload[i : i + 8192] for i in range(0, len(payload), 8192)]
+    for index, piece in enumerate(pieces):
+        message = {
+            "id": "b1",
+            "sequence": index,
+            "total_length": len(payload),
+            "blob": base64.b64encode(piece).decode(),
+            "end": False,
+        }
+        yield {"type": "blob_chunk", "message": message, "meta": {"mime_type": "text/plain"}}
+    end = {"id": "b1", "sequence": len(pieces), "total_length": len(payload), "blob": "", "end": True}
+    yield {"type": "blob_chunk", "message": end, "meta": {"mime_type": "text/plain"}}
+
+
+SCRIPTS = {
+    "fail": failing,
+    "slow": slow,
+    "held": held,
+}
+
+
+async def tool_router(data: dict[str, Any]) -> AsyncIterator[Any]:
+    async for item in SCRIPTS[data["tool"]](data):
+        yield item
+
+
+def scripted_extensions() -> Any:
+    module = types.ModuleType("scripted")
+
+    @hookimpl
+    def plugin_daemon_register_runtimes(register):  # type: ignore[no-untyped-def]
+        register(
+            "scripted",
+            lambda daemon: MemoryRuntime(
+                {("tool", "invoke_tool"): tool_router, ("agent_strategy", "invoke_agent_strategy"): blobs}
+            ),
+        )
+
+    module.plugin_daemon_register_runtimes = plugin_daemon_register_runtimes  # type: ignore[attr-defined]
+    manager = load_extensions()
+    manager.register(module, "scripted")
+    return manager
+
+
+@pytest.fixture
+def server(make_settings):  # type: ignore[no-untyped-def]
+    settings = make_settings(PLATFORM="scripted", PLUGIN_MAX_EXECUTION_TIMEOUT=1)
+    with running_daemon(settings, scripted_extensions()) as running:
+        identifier = envelope(upload(running.client, build_package(ECHO_TOOL)))["unique_identifier"]
+        assert install(running.client, identifier)["status"] == "success"
+        yield running
+
+
+def call(client: httpx.Client, tool: str) -> httpx.Response:
+    return client.post(
+        f"/plugin/{TENANT}/dispatch/tool/invoke",
+        headers={"X-Plugin-ID": "tester/echo_tool"},
+        json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": tool}},
+    )
+
+
+def test_plugin_error_is_the_envelope_dify_parses_twice(server) -> None:  # type: ignore[no-untyped-def]
+    items = sse_items(call(server.client, "fail"))
+    assert items[0]["data"]["message"] == {"text": "before"}
+    error = items[1]
+    assert error["code"] == -500 and error["data"] is None
+    outer = json.loads(error["message"])
+    assert outer["error_type"] == "PluginInvokeError"
+    inner = json.loads(outer["message"])
+    assert inner == {"args": {}, "error_type": "InvokeRateLimitError", "message": "slow down"}
+    assert len(server.daemon.sessions) == 0
+
+
+def test_execution_timeout_ends_the_session_with_the_go_message(server) -> None:  # type: ignore[no-untyped-def]
+    items = sse_items(call(server.client, "slow"))
+    assert items[0]["data"]["message"] == {"text": "started"}
+    assert json.loads(items[-1]["message"])["message"] == "killed by timeout"
+    assert len(server.daemon.sessions) == 0
+
+
+def test_caller_leaving_does_not_end_the_session(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(PLATFORM="scripted")
+    with running_daemon(settings, scripted_extensions()) as running:
+        identifier = envelope(upload(running.client, build_package(ECHO_TOOL)))["unique_identifier"]
+        install(running.client, identifier)
+        release.clear()
+        with running.client.stream(
+            "POST",
+            f"/plugin/{TENANT}/dispatch/tool/invoke",
+            headers={"X-Plugin-ID": "tester/echo_tool"},
+            json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "held"}},
+        ) as response:
+            first = next(response.iter_lines())
+            assert json.loads(first[len("data: ") :])["data"]["message"] == {"text": "first"}
+        # the caller has gone; the session is still the daemon's until the plugin ends it
+        sessions = running.daemon.sessions.list()
+        assert [s.state for s in sessions] == ["running"]
+        release.set()
+        wait_for(lambda: len(running.daemon.sessions) == 0, 10, "the session to end")
+
+
+def test_agent_strategy_blob_chunks_are_merged(server) -> None:  # type: ignore[no-untyped-def]
+    response = server.client.post(
+        f"/plugin/{TENANT}/dispatch/agent_strategy/invoke",
+        headers={"X-Plugin-ID": "tester/echo_tool"},
+        json={"user_id": "u1", "data": {"agent_strategy_provider": "a", "agent_strategy": "b"}},
+    )
+    items = sse_items(response)
+    assert len(items) == 1
+    blob = items[0]["data"]
+    assert blob["type"] == "blob"
+    assert base64.b64decode(blob["message"]["blob"]) == b"x" * 20000
+    assert blob["meta"] == {"mime_type": "text/plain"}
