@@ -29,9 +29,7 @@ class Archive:
     comment: bytes
 
 
-def read_archive(
-    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: int = DEFAULT_MAX_ENTRIES
-) -> Archive:
+def read_archive(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: int = DEFAULT_MAX_ENTRIES) -> Archive:
     """Read every entry of ``data``, or raise PackageError on the first thing that is unsafe or broken."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PackageError(f"package data must be bytes, got {type(data).__name__}")
@@ -48,9 +46,7 @@ def read_archive(
         names = [_checked_name(info) for info in infos]
         declared = sum(info.file_size for info in infos)
         if declared > max_size:
-            raise PackageError(
-                f"package would unpack to {declared} bytes, over the limit of {max_size} bytes"
-            )
+            raise PackageError(f"package would unpack to {declared} bytes, over the limit of {max_size} bytes")
         files: dict[str, bytes] = {}
         budget = max_size
         for info, name in zip(infos, names, strict=True):
@@ -110,15 +106,12 @@ def _checked_name(info: zipfile.ZipInfo) -> str:
         raise PackageError(f"zip entry {name!r} is encrypted")
     if info.compress_type not in _SUPPORTED_COMPRESSION:
         raise PackageError(
-            f"zip entry {name!r} uses compression method {info.compress_type};"
-            " only stored and deflate are supported"
+            f"zip entry {name!r} uses compression method {info.compress_type}; only stored and deflate are supported"
         )
     return name
 
 
-def _read_entry(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, budget: int, max_size: int
-) -> bytes:
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, budget: int, max_size: int) -> bytes:
     """Stream one entry, stopping as soon as it outgrows its header or the package's size budget."""
     chunks: list[bytes] = []
     size = 0
@@ -135,9 +128,7 @@ def _read_entry(
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # Python's reader stops at the declared size, so a header that lies shows up as a bad CRC here.
-        raise PackageError(
-            f"zip entry {name!r} is corrupt or its header lies about its size ({exc})"
-        ) from None
+        raise PackageError(f"zip entry {name!r} is corrupt or its header lies about its size ({exc})") from None
     if size != info.file_size:
         raise PackageError(f"zip entry {name!r} holds {size} bytes but its header declares {info.file_size}")
     return b"".join(chunks)

@@ -27,11 +27,7 @@ def extension(name: str) -> str:
 
 def package_assets(files: Mapping[str, bytes]) -> dict[str, bytes]:
     """Asset name (path under ``_assets/``) -> content."""
-    return {
-        path[len(ASSETS_FOLDER) :]: content
-        for path, content in files.items()
-        if path.startswith(ASSETS_FOLDER)
-    }
+    return {path[len(ASSETS_FOLDER) :]: content for path, content in files.items() if path.startswith(ASSETS_FOLDER)}
 
 
 def remap_icons(declaration: dict[str, Any], assets: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -63,9 +63,7 @@ def build_declaration(files: Mapping[str, bytes]) -> dict[str, Any]:
 def _check_combination(manifest: Manifest) -> None:
     declared = [name for name in PROVIDER_LISTS if getattr(manifest.plugins, name)]
     if not declared:
-        raise PackageError(
-            f"{MANIFEST}: field 'plugins' must list at least one of {', '.join(PROVIDER_LISTS)}"
-        )
+        raise PackageError(f"{MANIFEST}: field 'plugins' must list at least one of {', '.join(PROVIDER_LISTS)}")
     for name in _EXCLUSIVE:
         others = [other for other in declared if other != name]
         if name in declared and others:

@@ -39,9 +39,7 @@ class PluginIdentifier:
     def parse(cls, text: str) -> PluginIdentifier:
         match = _IDENTIFIER_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:
-            raise PackageError(
-                f"plugin unique identifier {text!r} is not of the form author/name:version@checksum"
-            )
+            raise PackageError(f"plugin unique identifier {text!r} is not of the form author/name:version@checksum")
         return cls(
             author=match["author"] or "",
             name=match["name"],

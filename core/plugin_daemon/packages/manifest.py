@@ -215,9 +215,7 @@ class Manifest(_Strict):
         if not AUTHOR_RE.fullmatch(value):
             raise ValueError(f"must be 1-64 characters of a-z, 0-9, '_' or '-', got {value!r}")
         if looks_like_uuid(value):
-            raise ValueError(
-                f"must not be a UUID (UUID authors are reserved for debugging plugins), got {value!r}"
-            )
+            raise ValueError(f"must not be a UUID (UUID authors are reserved for debugging plugins), got {value!r}")
         return value
 
     @field_validator("name")

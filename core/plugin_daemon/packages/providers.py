@@ -131,15 +131,11 @@ def model_provider(files: PackageFiles, path: str) -> dict[str, Any]:
         provider["position"] = _positions(files, models, path)
         provider["models"] = _globbed_models(files, models, path)
     elif isinstance(models, list):
-        provider["models"] = [
-            _model(_must_map(item, path, f"models[{i}]"), path) for i, item in enumerate(models)
-        ]
+        provider["models"] = [_model(_must_map(item, path, f"models[{i}]"), path) for i, item in enumerate(models)]
     elif models is None:
         provider["models"] = []
     else:
-        raise PackageError(
-            f"{path}: field 'models' must be a mapping of model types or a list, got {_kind(models)}"
-        )
+        raise PackageError(f"{path}: field 'models' must be a mapping of model types or a list, got {_kind(models)}")
     return provider
 
 
@@ -170,22 +166,16 @@ def datasource_provider(files: PackageFiles, path: str) -> dict[str, Any]:
 def trigger_provider(files: PackageFiles, path: str) -> dict[str, Any]:
     path, raw = files.mapping(path, "manifest.yaml", "plugins.triggers")
     provider = _with_identity(raw, path)
-    provider["subscription_schema"] = _config_list(
-        raw.get("subscription_schema"), path, "subscription_schema"
-    )
+    provider["subscription_schema"] = _config_list(raw.get("subscription_schema"), path, "subscription_schema")
     constructor = raw.get("subscription_constructor")
     if isinstance(constructor, dict):
         constructor = dict(constructor)
-        constructor["parameters"] = _list(
-            constructor.get("parameters"), path, "subscription_constructor.parameters"
-        )
+        constructor["parameters"] = _list(constructor.get("parameters"), path, "subscription_constructor.parameters")
         constructor["credentials_schema"] = _config_list(
             constructor.get("credentials_schema"), path, "subscription_constructor.credentials_schema"
         )
     elif constructor is not None:
-        raise PackageError(
-            f"{path}: field 'subscription_constructor' must be a mapping, got {_kind(constructor)}"
-        )
+        raise PackageError(f"{path}: field 'subscription_constructor' must be a mapping, got {_kind(constructor)}")
     provider["subscription_constructor"] = constructor
     provider["events"] = _expand(files, raw.get("events"), path, "events", _as_is)
     return provider
@@ -204,9 +194,7 @@ def _with_identity(raw: dict[str, Any], path: str) -> dict[str, Any]:
     return {**raw, "identity": identity}
 
 
-def _expand(
-    files: PackageFiles, items: Any, path: str, field: str, normalize: Normalizer
-) -> list[dict[str, Any]]:
+def _expand(files: PackageFiles, items: Any, path: str, field: str, normalize: Normalizer) -> list[dict[str, Any]]:
     """A list whose items are file paths (read in) or inline mappings, in order."""
     expanded = []
     for index, item in enumerate(_list(items, path, field)):
@@ -214,9 +202,7 @@ def _expand(
             expanded.append(normalize(dict(item), path))
             continue
         if not isinstance(scalar_text(item), str):
-            raise PackageError(
-                f"{path}: field '{field}[{index}]' must be a file path or a mapping, got {item!r}"
-            )
+            raise PackageError(f"{path}: field '{field}[{index}]' must be a file path or a mapping, got {item!r}")
         item_path, content = files.mapping(item, path, f"{field}[{index}]")
         expanded.append(normalize(content, item_path))
     return expanded
@@ -247,9 +233,7 @@ def _must_map(value: Any, path: str, field: str) -> dict[str, Any]:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "text", type(None): "nothing"}.get(
-        type(value), repr(value)
-    )
+    return {dict: "a mapping", list: "a list", str: "text", type(None): "nothing"}.get(type(value), repr(value))
 
 
 def _as_is(item: dict[str, Any], path: str) -> dict[str, Any]:
@@ -281,9 +265,7 @@ def _credential_schema(schema: Any, path: str, field: str) -> Any:
         _list(schema.get("credential_form_schemas"), path, f"{field}.credential_form_schemas")
     ):
         form = dict(_must_map(form, path, f"{field}.credential_form_schemas[{index}]"))
-        form["show_on"] = _list(
-            form.get("show_on"), path, f"{field}.credential_form_schemas[{index}].show_on"
-        )
+        form["show_on"] = _list(form.get("show_on"), path, f"{field}.credential_form_schemas[{index}].show_on")
         options = _list(form.get("options"), path, f"{field}.credential_form_schemas[{index}].options")
         form["options"] = [
             {**option, "show_on": option.get("show_on") or []} if isinstance(option, dict) else option

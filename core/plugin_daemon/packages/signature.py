@@ -59,9 +59,7 @@ def check_signature(archive: Archive, keys: Sequence[rsa.RSAPublicKey]) -> Signa
         if not isinstance(signed_at, int) or isinstance(signed_at, bool):
             raise TypeError
     except (ValueError, KeyError, TypeError, binascii.Error):
-        return SignatureCheck(
-            False, 'the zip comment is not a signature of the form {"signature": ..., "time": ...}'
-        )
+        return SignatureCheck(False, 'the zip comment is not a signature of the form {"signature": ..., "time": ...}')
     if not keys:
         return SignatureCheck(False, "no public key is configured to check its signature")
     data = signed_data(archive.files, signed_at)
@@ -88,9 +86,7 @@ def verification_record(files: Mapping[str, bytes]) -> dict[str, str]:
         if not isinstance(category, str) or not category:
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise PackageError(
-            f'{VERIFICATION_FILE} must be JSON like {{"authorized_category": "community"}}'
-        ) from None
+        raise PackageError(f'{VERIFICATION_FILE} must be JSON like {{"authorized_category": "community"}}') from None
     return {"authorized_category": category}
 
 
@@ -104,9 +100,7 @@ def sign_package(data: bytes, private_key_pem: bytes, *, authorized_category: st
     if not isinstance(key, rsa.RSAPrivateKey):
         raise PackageError("the private key is not an RSA key")
     files = {name: content for name, content in archive.files.items() if name != VERIFICATION_FILE}
-    files[VERIFICATION_FILE] = json.dumps(
-        {"authorized_category": authorized_category}, separators=(",", ":")
-    ).encode()
+    files[VERIFICATION_FILE] = json.dumps({"authorized_category": authorized_category}, separators=(",", ":")).encode()
     signed_at = int(time.time())
     signature = key.sign(signed_data(files, signed_at), padding.PKCS1v15(), hashes.SHA256())
     comment = json.dumps(

@@ -39,9 +39,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
@@ -69,9 +67,7 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
         else:
             value = int(text, 10)
     except ValueError:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"{text!r} is not an integer", node.start_mark
-        ) from None
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from None
     result = YamlInt(value)
     result.source = text
     return result
@@ -88,9 +84,7 @@ def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
         else:
             value = float(text)
     except ValueError:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"{text!r} is not a number", node.start_mark
-        ) from None
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a number", node.start_mark) from None
     result = YamlFloat(value)
     result.source = text
     return result

@@ -128,8 +128,7 @@ def checksum_by_the_spec(data: bytes) -> str:
     """§6 written out again: sha256 over sha256(path) || sha256(content), paths sorted."""
     entries = zip_entries(data)
     joined = b"".join(
-        hashlib.sha256(path.encode()).digest() + hashlib.sha256(entries[path]).digest()
-        for path in sorted(entries)
+        hashlib.sha256(path.encode()).digest() + hashlib.sha256(entries[path]).digest() for path in sorted(entries)
     )
     return hashlib.sha256(joined).hexdigest()
 

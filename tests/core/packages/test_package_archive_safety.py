@@ -8,8 +8,8 @@ import warnings
 import zipfile
 
 import pytest
-
 from plugin_daemon.packages import PackageError, decode_package
+
 from tests.core.packages.packages_helpers import tool_plugin, zip_files
 
 

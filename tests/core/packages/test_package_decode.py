@@ -181,7 +181,9 @@ def test_yaml_is_read_as_yaml_1_2_like_the_go_daemon() -> None:
 )
 def test_created_at_is_formatted_like_go(created_at: str, expected: str) -> None:
     files = tool_plugin()
-    files["manifest.yaml"] = to_yaml(changed(MANIFEST, created_at="X")).replace(b"created_at: X", b"created_at: " + created_at.encode())
+    files["manifest.yaml"] = to_yaml(changed(MANIFEST, created_at="X")).replace(
+        b"created_at: X", b"created_at: " + created_at.encode()
+    )
     assert decode_package(zip_files(files)).declaration["created_at"] == expected
 
 

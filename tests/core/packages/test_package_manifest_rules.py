@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from plugin_daemon.packages import PackageError, decode_package
+
 from tests.core.packages.packages_helpers import DELETE, MANIFEST, changed, to_yaml, tool_plugin, zip_files
 
 
@@ -52,7 +52,10 @@ def manifest_error(**changes: Any) -> str:
         ({"icon": DELETE}, "field 'icon' is required"),
         ({"icon": ""}, "field 'icon' must not be empty"),
         ({"created_at": DELETE}, "field 'created_at' is required"),
-        ({"created_at": "yesterday"}, "field 'created_at' must be a date-time like 2024-01-01T00:00:00Z, got 'yesterday'"),
+        (
+            {"created_at": "yesterday"},
+            "field 'created_at' must be a date-time like 2024-01-01T00:00:00Z, got 'yesterday'",
+        ),
         ({"resource": DELETE}, "field 'resource' is required"),
         ({"resource__memory": DELETE}, "manifest.yaml: field 'resource.memory' is required"),
         ({"resource__memory": "lots"}, "field 'resource.memory' must be a whole number, got 'lots'"),
@@ -65,18 +68,27 @@ def manifest_error(**changes: Any) -> str:
             {"resource__permission__storage__size": 1073741825},
             "field 'resource.permission.storage.size' must be between 1024 and 1073741824 bytes",
         ),
-        ({"resource__permission__tool__enabled": "maybe"}, "field 'resource.permission.tool.enabled' must be true or false"),
+        (
+            {"resource__permission__tool__enabled": "maybe"},
+            "field 'resource.permission.tool.enabled' must be true or false",
+        ),
         ({"meta": DELETE}, "field 'meta' is required"),
         ({"meta__version": DELETE}, "field 'meta.version' is required"),
         ({"meta__runner": DELETE}, "field 'meta.runner' is required"),
-        ({"meta__runner__language": "go"}, "field 'meta.runner.language' must be 'python' (the only runner language supported), got 'go'"),
+        (
+            {"meta__runner__language": "go"},
+            "field 'meta.runner.language' must be 'python' (the only runner language supported), got 'go'",
+        ),
         ({"meta__runner__entrypoint": DELETE}, "field 'meta.runner.entrypoint' is required"),
         ({"meta__runner__version": DELETE}, "field 'meta.runner.version' is required"),
         ({"meta__arch": ["x86"]}, "field 'meta.arch' must list only amd64 and arm64, got 'x86'"),
         ({"plugins": {}}, "manifest.yaml: field 'plugins' must list at least one of tools, models, endpoints"),
         ({"plugins": DELETE}, "field 'plugins' must list at least one of"),
         ({"plugins__tools": "provider/demo.yaml"}, "field 'plugins.tools' must be a list of file paths"),
-        ({"plugins__tools": ["../outside.yaml"]}, "manifest.yaml: field 'plugins.tools' escapes the package folder: '../outside.yaml'"),
+        (
+            {"plugins__tools": ["../outside.yaml"]},
+            "manifest.yaml: field 'plugins.tools' escapes the package folder: '../outside.yaml'",
+        ),
         ({"plugins__tools": ["/etc/demo.yaml"]}, "field 'plugins.tools' must be a relative path inside the package"),
         ({"tags": "utilities"}, "field 'tags' must be a list"),
     ],

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from plugin_daemon.packages import PackageError, decode_package
+
 from tests.core.packages.packages_helpers import (
     ICON,
     MANIFEST,
@@ -241,8 +241,13 @@ def test_datasource_provider() -> None:
         {"datasources": ["provider/ds.yaml"]},
         {
             "provider/ds.yaml": {
-                "identity": {"author": "tester", "name": "ds", "label": {"en_US": "DS"}, "icon": "icon.svg",
-                             "description": {"en_US": "d"}},
+                "identity": {
+                    "author": "tester",
+                    "name": "ds",
+                    "label": {"en_US": "DS"},
+                    "icon": "icon.svg",
+                    "description": {"en_US": "d"},
+                },
                 "provider_type": "online_document",
                 "credentials_schema": {"token": {"type": "secret-input", "label": {"en_US": "Token"}}},
                 "datasources": ["datasources/pages.yaml"],
@@ -310,7 +315,9 @@ def test_missing_tool_file() -> None:
 def test_tool_path_that_escapes() -> None:
     files = tool_plugin()
     files["provider/demo.yaml"] = files["provider/demo.yaml"].replace(b"tools/echo.yaml", b"../../etc/echo.yaml")
-    assert decode_error(files) == "provider/demo.yaml: field 'tools[0]' escapes the package folder: '../../etc/echo.yaml'"
+    assert (
+        decode_error(files) == "provider/demo.yaml: field 'tools[0]' escapes the package folder: '../../etc/echo.yaml'"
+    )
 
 
 def test_provider_without_identity() -> None:
@@ -334,8 +341,14 @@ def test_provider_file_with_bad_yaml() -> None:
 def test_inline_tools_and_credentials_list() -> None:
     files = tool_plugin()
     provider = {
-        "identity": {"author": "tester", "name": "demo", "label": {"en_US": "Demo"}, "icon": "icon.svg",
-                     "description": {"en_US": "Own description"}, "tags": ["search"]},
+        "identity": {
+            "author": "tester",
+            "name": "demo",
+            "label": {"en_US": "Demo"},
+            "icon": "icon.svg",
+            "description": {"en_US": "Own description"},
+            "tags": ["search"],
+        },
         "credentials_schema": [{"name": "k", "type": "text-input"}],
         "tools": [{"identity": {"name": "inline", "author": "tester", "label": {"en_US": "Inline"}}}],
     }
