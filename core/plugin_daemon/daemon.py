@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from plugin_daemon.backwards import BackwardsInvoker
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
-from plugin_daemon.dispatch import UnsupportedBackwards
 from plugin_daemon.installer import Installer
 from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
@@ -35,7 +35,7 @@ class Daemon:
         self.database = Database(settings.database_url)
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager()
-        self.backwards: Any = UnsupportedBackwards()
+        self.backwards = BackwardsInvoker(settings, self.database)
         self.installer = Installer(self)
         self.control_panel = ControlPanel(self, self.extensions.runtime_factories())
         self.services = {name: factory(self) for name, factory in self.extensions.service_factories().items()}
@@ -72,6 +72,7 @@ class Daemon:
             self._task_group = None
             with anyio.CancelScope(shield=True):
                 await self.control_panel.aclose()
+                await self.backwards.aclose()
             self.database.dispose()
 
 

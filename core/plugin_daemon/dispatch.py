@@ -45,19 +45,6 @@ class BackwardsHandler(Protocol):
     async def handle(self, session: Session, channel: SessionChannel, payload: Any) -> None: ...
 
 
-class UnsupportedBackwards:
-    """Answers every backwards invocation with an error (used until a handler is installed)."""
-
-    async def handle(self, session: Session, channel: SessionChannel, payload: Any) -> None:
-        from plugin_daemon.protocol.messages import encode_backwards_response
-
-        request_id = payload.get("backwards_request_id", "") if isinstance(payload, dict) else ""
-        await channel.send(
-            encode_backwards_response(session.id, request_id, "error", "backwards invocation is not available", None)
-        )
-        await channel.send(encode_backwards_response(session.id, request_id, "end", "", None))
-
-
 class BlobMerger:
     """Merges an agent strategy's ``blob_chunk`` items into one ``blob`` item, as the Go daemon does."""
 
