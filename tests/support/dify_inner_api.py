@@ -42,9 +42,7 @@ from .openai_server import LoopbackHTTPServer, RecordedRequest, _Responder
 PREFIX = "/inner/api/"
 MAGIC = 0x0F
 HEADER_LENGTH = 0x0A
-STREAM_ROUTES = frozenset(
-    {"invoke/llm", "invoke/llm/structured-output", "invoke/tool", "invoke/app", "invoke/tts"}
-)
+STREAM_ROUTES = frozenset({"invoke/llm", "invoke/llm/structured-output", "invoke/tool", "invoke/app", "invoke/tts"})
 DEFAULT_LLM_TEXT = "Hello from the Dify inner API stand-in"
 
 JsonAnswer = Any  # the ``data`` to answer, or a callable ``(request body) -> data``
@@ -111,9 +109,7 @@ class DifyInnerAPI(LoopbackHTTPServer):
             "invoke/rerank": lambda body: {"model": body.get("model"), "docs": []},
             "invoke/moderation": lambda body: {"result": False},
             "invoke/speech2text": lambda body: {"result": "transcribed"},
-            "upload/file/request": lambda body: {
-                "url": f"{self.base_url}/files/upload/{body.get('filename')}"
-            },
+            "upload/file/request": lambda body: {"url": f"{self.base_url}/files/upload/{body.get('filename')}"},
             "invoke/parameter-extractor": lambda body: {"inputs": {}, "outputs": {}, "process_data": {}},
             "invoke/question-classifier": lambda body: {"inputs": {}, "outputs": {}, "process_data": {}},
         }
@@ -225,7 +221,7 @@ class DifyInnerAPI(LoopbackHTTPServer):
 
     def _llm_chunks(self, model: str, count: int | None) -> list[dict[str, Any]]:
         pieces = self._llm_pieces(count)
-        chunks = []
+        chunks: list[dict[str, Any]] = []
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             chunks.append(
@@ -268,11 +264,7 @@ class DifyInnerAPI(LoopbackHTTPServer):
         if opt == "encrypt":
             return {"data": {k: f"enc:{v}" if isinstance(v, str) else v for k, v in data.items()}}
         if opt == "decrypt":
-            return {
-                "data": {
-                    k: v[4:] if isinstance(v, str) and v.startswith("enc:") else v for k, v in data.items()
-                }
-            }
+            return {"data": {k: v[4:] if isinstance(v, str) and v.startswith("enc:") else v for k, v in data.items()}}
         if opt == "clear":
             return {"data": {}}
         raise ValueError(f"Invalid opt: {opt}")

@@ -36,9 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio.to_thread
 
-DEFAULT_TEXT = (
-    "The quick brown fox jumps over the lazy dog while the daemon streams every chunk as soon as it arrives"
-)
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog while the daemon streams every chunk as soon as it arrives"
 
 
 @dataclass
@@ -343,9 +341,7 @@ class OpenAIServer(LoopbackHTTPServer):
 
     def expected_content(self, chunks: int | None = None, text: str | None = None) -> str:
         """The full assistant text of an answer with these settings (default: the current ones)."""
-        return "".join(
-            self.pieces(self.settings.chunks if chunks is None else chunks, text or self.settings.text)
-        )
+        return "".join(self.pieces(self.settings.chunks if chunks is None else chunks, text or self.settings.text))
 
     def settings_for(self, model: str) -> StreamSettings:
         """Settings for a request naming ``model`` (``name?chunks=3&delay=0.1&text=a+b`` overrides)."""
@@ -380,9 +376,7 @@ class OpenAIServer(LoopbackHTTPServer):
         elif request.method == "POST" and request.path in ("/v1/chat/completions", "/chat/completions"):
             self._chat(request, respond)
         else:
-            respond.send_json(
-                404, _error(f"no route {request.method} {request.path}", "invalid_request_error")
-            )
+            respond.send_json(404, _error(f"no route {request.method} {request.path}", "invalid_request_error"))
 
     def _chat(self, request: RecordedRequest, respond: _Responder) -> None:
         body = request.json if isinstance(request.json, Mapping) else {}

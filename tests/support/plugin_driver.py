@@ -50,9 +50,7 @@ from .dify_inner_api import STREAM_ROUTES, parse_frames
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 """``tests/plugins``: the test plugins (echo_tool, noperm_tool, echo_tool_new, mock_llm, broken_start)."""
 
-DEFAULT_CACHE_DIR = Path(
-    os.environ.get("PLUGIN_DAEMON_TEST_CACHE", "~/.cache/plugin-daemon-tests")
-).expanduser()
+DEFAULT_CACHE_DIR = Path(os.environ.get("PLUGIN_DAEMON_TEST_CACHE", "~/.cache/plugin-daemon-tests")).expanduser()
 """Where plugin venvs are cached; override with ``PLUGIN_DAEMON_TEST_CACHE``."""
 
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "uv.lock")
@@ -283,9 +281,7 @@ class PluginProcess:
         self._ids = itertools.count(1)
 
     @classmethod
-    def for_plugin(
-        cls, name_or_dir: str | Path, cache_dir: Path | None = None, **kwargs: Any
-    ) -> PluginProcess:
+    def for_plugin(cls, name_or_dir: str | Path, cache_dir: Path | None = None, **kwargs: Any) -> PluginProcess:
         """Build the venv of ``tests/plugins/<name>`` (or a folder) if needed and return a process."""
         plugin_dir = Path(name_or_dir)
         if not plugin_dir.is_absolute() and not plugin_dir.exists():
@@ -436,7 +432,7 @@ class PluginProcess:
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         with contextlib.suppress(OSError, ValueError):
-            while chunk := self.proc.stderr.read1(65536):
+            while chunk := os.read(self.proc.stderr.fileno(), 65536):
                 self._stderr.append(chunk)
                 self._stderr_size += len(chunk)
                 while self._stderr_size > STDERR_TAIL_BYTES and len(self._stderr) > 1:
@@ -489,9 +485,7 @@ class PluginProcess:
     def new_session_id(self) -> str:
         return f"drv-{os.getpid()}-{next(self._ids)}"
 
-    def open_session(
-        self, data: Mapping[str, Any], *, session_id: str | None = None, **envelope: Any
-    ) -> PluginSession:
+    def open_session(self, data: Mapping[str, Any], *, session_id: str | None = None, **envelope: Any) -> PluginSession:
         """Send a request line and return a handle that yields the session's messages."""
         sid = session_id or self.new_session_id()
         with self._cond:
@@ -554,9 +548,7 @@ class PluginSession:
         self.session_id = session_id
         self._queue = q
 
-    def messages(
-        self, *, timeout: float = 30.0, on_invoke: InvokeHandler | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def messages(self, *, timeout: float = 30.0, on_invoke: InvokeHandler | None = None) -> Iterator[dict[str, Any]]:
         """Yield messages until (and including) ``end``; ``timeout`` bounds the whole session."""
         deadline = time.monotonic() + timeout
         try:
@@ -568,8 +560,7 @@ class PluginSession:
                     message = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     raise PluginDriverError(
-                        f"session {self.session_id}: no end within {timeout}s; "
-                        f"stderr:\n{self.plugin.stderr_tail()}"
+                        f"session {self.session_id}: no end within {timeout}s; stderr:\n{self.plugin.stderr_tail()}"
                     ) from None
                 if message is _EXITED:
                     raise PluginDriverError(
@@ -584,9 +575,7 @@ class PluginSession:
         finally:
             self.plugin._forget(self.session_id)
 
-    def collect(
-        self, *, timeout: float = 30.0, on_invoke: InvokeHandler | None = None
-    ) -> list[dict[str, Any]]:
+    def collect(self, *, timeout: float = 30.0, on_invoke: InvokeHandler | None = None) -> list[dict[str, Any]]:
         return list(self.messages(timeout=timeout, on_invoke=on_invoke))
 
     def _answer(self, invoke: dict[str, Any], handler: InvokeHandler | None) -> None:
@@ -688,9 +677,7 @@ def validate_provider_credentials_request(provider: str, credentials: Mapping[st
     }
 
 
-def validate_model_credentials_request(
-    provider: str, model: str, credentials: Mapping[str, Any]
-) -> dict[str, Any]:
+def validate_model_credentials_request(provider: str, model: str, credentials: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "type": "model",
         "action": "validate_model_credentials",
@@ -709,9 +696,7 @@ def streams(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
 
 def texts(messages: Iterable[Mapping[str, Any]]) -> str:
     """Concatenated text of the ``text`` tool messages."""
-    return "".join(
-        s["message"]["text"] for s in streams(messages) if isinstance(s, dict) and s.get("type") == "text"
-    )
+    return "".join(s["message"]["text"] for s in streams(messages) if isinstance(s, dict) and s.get("type") == "text")
 
 
 def errors(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -751,15 +736,13 @@ class MemoryStorage:
         if invoke.get("type") != "storage":
             raise PluginDriverError(f"unexpected backwards invocation {invoke.get('type')}")
         request = invoke.get("request") or {}
-        opt, key = request.get("opt"), request.get("key")
+        opt, key = request.get("opt"), str(request.get("key"))
         if opt == "set":
             self.data[key] = request.get("value", "")
             return [{"data": "ok"}]
         if opt == "get":
             if key not in self.data:
-                raise ValueError(
-                    "load data failed, please check if the key is correct or you have not set it"
-                )
+                raise ValueError("load data failed, please check if the key is correct or you have not set it")
             return [{"data": self.data[key]}]
         if opt == "del":
             deleted = int(self.data.pop(key, None) is not None)
