@@ -1,1 +1,33 @@
-"""The local runtime of plugin-daemon."""
+"""The local runtime of plugin-daemon: each installed plugin runs as ``python -m main`` in its own
+virtualenv, talking the Dify plugin protocol over stdin/stdout.
+
+Modules, one job each:
+
+- ``interpreters``: find the Python a plugin asks for (``meta.runner.version``);
+- ``environment``: extract the package and build its venv with uv (marker, locks);
+- ``commands``: run an install command under inactivity and hard deadlines;
+- ``envvars``: the allow-listed environments of plugins and of uv;
+- ``spawning``: start children in their own process group, dying with the daemon;
+- ``process``: one plugin process (pipes, session routing, exit);
+- ``sessions``: one session's channel;
+- ``memory``: RSS of process trees;
+- ``supervisor``: one plugin's life (launch, ready, restart with backoff, crash-loop cap);
+- ``runtime``: :class:`LocalRuntime`, the :class:`plugin_daemon.runtime.Runtime` of it all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtime import LocalRuntime
+
+__all__ = ["LocalRuntime"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalRuntime":
+        from .runtime import LocalRuntime
+
+        return LocalRuntime
+    raise AttributeError(name)

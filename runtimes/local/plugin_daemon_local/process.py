@@ -1,0 +1,309 @@
+"""One plugin process: spawn it, read its stdout and stderr, route sessions, watch its exit.
+
+One task reads stdout and routes every frame synchronously (no task per request or per frame);
+one task reads stderr into the log and a bounded tail; the exit watcher fails every session in
+flight at once when the process goes, with the exit code and the stderr tail, or with the
+reason the runtime gave when it killed the process on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from plugin_daemon.config import Settings
+from plugin_daemon.protocol.framing import LineReader, OversizeLine
+from plugin_daemon.protocol.messages import (
+    Heartbeat,
+    LogFrame,
+    ManifestEcho,
+    ProcessError,
+    SessionFrame,
+    Unreadable,
+    parse_output_line,
+)
+from plugin_daemon.runtime import PluginSpec, PluginUnavailable, SessionEvent
+
+from .commands import OutputTail
+from .sessions import LocalSessionChannel
+from .spawning import ReaderStream, signal_group, spawn
+
+#: Bytes of stderr kept for error messages.
+STDERR_TAIL_BYTES = 4096
+#: Longest stderr line logged as one record.
+STDERR_LINE_MAX = 8192
+#: After the process exits, how long its pipes may still be drained.
+DRAIN_GRACE = 1.0
+#: Deadline on a blocked write to the plugin's stdin (the plugin is not reading).
+STDIN_WRITE_TIMEOUT = 30.0
+#: Above this many bytes waiting in the stdin pipe buffer, writers wait for it to drain.
+STDIN_HIGH_WATER = 1024 * 1024
+
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+    "FATAL": logging.CRITICAL,
+}
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"exited with code {code} (killed by {name})"
+    return f"exited with code {code}"
+
+
+class PluginProcess:
+    """A running ``python -m <entrypoint>`` of one plugin."""
+
+    def __init__(
+        self, spec: PluginSpec, argv: list[str], cwd: Path, env: dict[str, str], settings: Settings
+    ) -> None:
+        self.spec = spec
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.max_line = settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE
+        self.logger = logging.getLogger(f"plugin.{spec.plugin_id}")
+        self.sessions: dict[str, LocalSessionChannel] = {}
+        self.stderr_tail = OutputTail(STDERR_TAIL_BYTES)
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self.ready_at: float | None = None
+        self.last_activity = 0.0
+        self.returncode: int | None = None
+        #: (error_type, message) when the runtime stopped the process on purpose.
+        self.termination: tuple[str, str] | None = None
+        #: Called synchronously when the process is found gone, before sessions are failed.
+        self.on_exit: Callable[[PluginProcess], None] | None = None
+        self.settled = anyio.Event()  # ready, or exited
+        self.exited = anyio.Event()  # exited, pipes drained, sessions failed
+        self._process: Any = None
+        self._drain_lock = anyio.Lock()
+        self._stdout_done = anyio.Event()
+        self._stderr_done = anyio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._process = await spawn(self.argv, cwd=self.cwd, env=self.env, stdin=True)
+        self.pid = self._process.pid
+        self.started_at = self.last_activity = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self.returncode is None and self._process.returncode is None
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    async def run(self) -> None:
+        """Read the pipes until the process exits; then fail what was in flight. Kills on cancel."""
+        process = self._process
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._read_stdout)
+                group.start_soon(self._read_stderr)
+                await process.wait()
+                with anyio.move_on_after(DRAIN_GRACE):
+                    await self._stdout_done.wait()
+                    await self._stderr_done.wait()
+                signal_group(process.pid, signal.SIGKILL)  # grandchildren holding the pipes
+                group.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:
+                signal_group(process.pid, signal.SIGKILL)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await process.wait()
+            self.returncode = process.returncode
+            if self.on_exit is not None:
+                self.on_exit(self)
+            self._fail_sessions()
+            self.settled.set()
+            self.exited.set()
+
+    def exit_message(self) -> tuple[str, str]:
+        """(error_type, message) describing why the process is gone."""
+        if self.termination is not None:
+            return self.termination
+        tail = self.stderr_tail.text().strip()
+        return (
+            "PluginProcessExited",
+            f"plugin {self.spec.plugin_id} {describe_exit(self.returncode)}"
+            + (f"; stderr tail:\n{tail}" if tail else "; it wrote nothing to stderr"),
+        )
+
+    def _fail_sessions(self) -> None:
+        if not self.sessions:
+            return
+        error_type, message = self.exit_message()
+        sessions, self.sessions = self.sessions, {}
+        for channel in sessions.values():
+            channel.fail(error_type, message)
+
+    def kill(self, error_type: str, message: str) -> None:
+        """Kill the process group now; sessions in flight get ``error_type``/``message``."""
+        if self.termination is None:
+            self.termination = (error_type, message)
+        if self.alive and self.pid is not None:
+            signal_group(self.pid, signal.SIGKILL)
+
+    async def stop(self, grace: float, error_type: str, message: str) -> None:
+        """SIGTERM the group, SIGKILL it after ``grace`` seconds; returns once it is gone."""
+        if self.termination is None:
+            self.termination = (error_type, message)
+        if self.alive and self.pid is not None:
+            signal_group(self.pid, signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await self.exited.wait()
+            if not self.exited.is_set():
+                signal_group(self.pid, signal.SIGKILL)
+        with anyio.move_on_after(grace + 5):
+            await self.exited.wait()
+
+    # --- sessions --------------------------------------------------------------------------
+
+    async def open_session(self, session_id: str, request_line: bytes) -> LocalSessionChannel:
+        if session_id in self.sessions:
+            raise ValueError(f"session {session_id} is already open")
+        channel = LocalSessionChannel(session_id, self.write_line, self._detach)
+        self.sessions[session_id] = channel
+        try:
+            await self.write_line(request_line)
+        except BaseException:
+            self.sessions.pop(session_id, None)
+            raise
+        return channel
+
+    def _detach(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
+    async def write_line(self, line: bytes) -> None:
+        """Write one line (a newline is added) to stdin; waits only when the pipe is backed up."""
+        process = self._process
+        if not self.alive or process.stdin.is_closing():
+            raise PluginUnavailable("restarting", f"plugin {self.spec.plugin_id} is not running")
+        stdin = process.stdin
+        stdin.writelines((line, b"\n"))
+        if stdin.transport.get_write_buffer_size() > STDIN_HIGH_WATER:
+            try:
+                async with self._drain_lock:
+                    with anyio.fail_after(STDIN_WRITE_TIMEOUT):
+                        await stdin.drain()
+            except TimeoutError:
+                raise PluginUnavailable(
+                    "unresponsive",
+                    f"plugin {self.spec.plugin_id} has not read its input for {STDIN_WRITE_TIMEOUT:.0f} s",
+                ) from None
+            except (ConnectionError, BrokenPipeError):
+                raise PluginUnavailable(
+                    "restarting", f"plugin {self.spec.plugin_id} is not running"
+                ) from None
+
+    # --- readers ---------------------------------------------------------------------------
+
+    async def _read_stdout(self) -> None:
+        logger = self.logger
+        monotonic = time.monotonic
+        try:
+            async for item in LineReader(ReaderStream(self._process.stdout), self.max_line):
+                self.last_activity = monotonic()
+                if isinstance(item, OversizeLine):
+                    self._oversize(item)
+                    continue
+                frame = parse_output_line(item)
+                if isinstance(frame, SessionFrame):
+                    self._route(frame, len(item))
+                elif isinstance(frame, Heartbeat):
+                    if self.ready_at is None:
+                        self.ready_at = monotonic()
+                        self.settled.set()
+                elif isinstance(frame, LogFrame):
+                    logger.log(_LEVELS.get(frame.level.upper(), logging.INFO), "%s", frame.message)
+                elif isinstance(frame, ProcessError):
+                    logger.warning("plugin error (session %s): %s", frame.session_id, frame.data)
+                elif isinstance(frame, ManifestEcho):
+                    logger.debug("plugin printed its manifest")
+                elif isinstance(frame, Unreadable):
+                    logger.warning("unreadable line on stdout: %s", frame.text)
+                else:
+                    logger.debug("ignored output %r", frame)
+        finally:
+            self._stdout_done.set()
+
+    def _route(self, frame: SessionFrame, size: int) -> None:
+        session_id = frame.session_id
+        channel = self.sessions.get(session_id) if session_id is not None else None
+        if channel is None:
+            return  # after its end/error, or its caller closed it
+        if frame.kind is None:
+            del self.sessions[channel.session_id]
+            channel.fail(
+                "unknown_stream_message_type",
+                f"plugin {self.spec.plugin_id} sent a session message of unknown type {frame.type!r}",
+            )
+        elif channel.deliver(SessionEvent(frame.kind, frame.payload), size):
+            del self.sessions[channel.session_id]
+
+    def _oversize(self, item: OversizeLine) -> None:
+        channel = self.sessions.pop(item.session_id, None) if item.session_id else None
+        if channel is None:
+            self.logger.warning(
+                "dropped a %d-byte line over PLUGIN_RUNTIME_MAX_BUFFER_SIZE (%d bytes) for no open session (%s)",
+                item.size,
+                self.max_line,
+                item.session_id,
+            )
+            return
+        self.logger.warning(
+            "session %s: dropped a %d-byte message (over the limit)", item.session_id, item.size
+        )
+        channel.fail(
+            "PluginFrameTooLarge",
+            f"plugin {self.spec.plugin_id} sent a {item.size}-byte message on session {item.session_id}, which "
+            f"exceeded PLUGIN_RUNTIME_MAX_BUFFER_SIZE ({self.max_line} bytes); the session was stopped, "
+            "the plugin keeps running",
+            {"size": item.size, "limit": self.max_line},
+        )
+
+    async def _read_stderr(self) -> None:
+        stream = ReaderStream(self._process.stderr)
+        partial = b""
+        try:
+            while True:
+                try:
+                    chunk = await stream.receive(65536)
+                except anyio.EndOfStream:
+                    break
+                self.last_activity = time.monotonic()
+                self.stderr_tail.add(chunk)
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    self._log_stderr(line)
+                if len(partial) > STDERR_LINE_MAX:
+                    self._log_stderr(partial)
+                    partial = b""
+            if partial:
+                self._log_stderr(partial)
+        finally:
+            self._stderr_done.set()
+
+    def _log_stderr(self, line: bytes) -> None:
+        text = line[:STDERR_LINE_MAX].decode("utf-8", "replace").rstrip()
+        if text:
+            self.logger.warning("%s", text)

@@ -1,0 +1,204 @@
+"""``LocalRuntime``: installed plugins as local processes, one supervisor per plugin.
+
+The runtime owns one task group (``serve``, started by the daemon's lifespan, or ``async with
+LocalRuntime(settings)``) in which every supervisor runs, so that a launch goes on even when the
+caller that asked for it gives up waiting. A watchdog in the same group checks every
+``WATCH_INTERVAL`` seconds that each instance has shown activity (heartbeat or any output)
+within ``PLUGIN_HEARTBEAT_TIMEOUT`` and stays under its memory limit.
+
+Needs anyio's asyncio backend (see ``spawning``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, ClassVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from plugin_daemon.config import Settings
+from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, Runtime, SessionChannel
+
+from .environment import EnvironmentBuilder
+from .memory import MiB, tree_rss
+from .supervisor import PluginSupervisor
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two watchdog passes (activity and memory).
+WATCH_INTERVAL = 0.5
+#: SIGTERM → SIGKILL grace when stopping a plugin.
+STOP_GRACE = 3.0
+
+
+class LocalRuntime(Runtime):
+    """Runs installed plugins as ``<venv>/bin/python -m <entrypoint>`` subprocesses.
+
+    :param settings: the daemon's settings (working path, uv, timeouts, limits).
+    :param extra_env: variables added to every plugin's environment (after the allow-list), for
+        example ``{"HEARTBEAT_INTERVAL": "1"}`` in tests.
+    """
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, settings: Settings, *, extra_env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.extra_env = dict(extra_env or {})
+        self.builder = EnvironmentBuilder(settings)
+        self.launch_limiter = anyio.Semaphore(max(1, settings.PLUGIN_LOCAL_LAUNCHING_CONCURRENT))
+        self._supervisors: dict[str, PluginSupervisor] = {}
+        self._group: TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as group:
+            self._group = group
+            group.start_soon(self._watchdog)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+                self._group = None
+                group.cancel_scope.cancel()
+
+    async def __aenter__(self) -> LocalRuntime:
+        stack = AsyncExitStack()
+        group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(group.cancel_scope.cancel)
+        await group.start(self.serve)
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+        if stack is not None:
+            await stack.aclose()
+
+    async def aclose(self) -> None:
+        supervisors = list(self._supervisors.values())
+        self._supervisors.clear()
+        if not supervisors:
+            return
+        with anyio.move_on_after(STOP_GRACE + 15):
+            async with anyio.create_task_group() as group:
+                for supervisor in supervisors:
+                    group.start_soon(supervisor.stop, STOP_GRACE)
+
+    # --- the Runtime contract ------------------------------------------------------------------
+
+    def state(self, identifier: str) -> InstanceState:
+        supervisor = self._supervisors.get(identifier)
+        return supervisor.state if supervisor is not None else InstanceState.ABSENT
+
+    async def ensure_ready(
+        self, spec: PluginSpec, *, timeout: float, progress: Callable[[str], None] | None = None
+    ) -> None:
+        supervisor = self._supervisors.get(spec.identifier)
+        if supervisor is not None and supervisor.state is InstanceState.READY:
+            return
+        if supervisor is None or (supervisor.state is InstanceState.FAILED and supervisor.may_retry()):
+            supervisor = self._launch(spec)
+        if progress is not None:
+            supervisor.add_listener(progress)
+        try:
+            with anyio.move_on_after(timeout):
+                while True:
+                    changed = supervisor.changed
+                    state = supervisor.state
+                    if state is InstanceState.READY:
+                        return
+                    if state is InstanceState.FAILED:
+                        raise PluginUnavailable(
+                            "failed", f"plugin {spec.identifier} failed to start: {supervisor.last_error}"
+                        )
+                    await changed.wait()
+            state = supervisor.state
+            raise PluginUnavailable(
+                state.value,
+                f"plugin {spec.identifier} is not ready after {timeout:g} s "
+                f"({state.value}: {supervisor.step or 'waiting'})"
+                + (f"; last error: {supervisor.last_error}" if supervisor.last_error else ""),
+            )
+        finally:
+            if progress is not None:
+                supervisor.remove_listener(progress)
+
+    async def open_session(self, identifier: str, session_id: str, request_line: bytes) -> SessionChannel:
+        supervisor = self._supervisors.get(identifier)
+        process = supervisor.process if supervisor is not None else None
+        if process is None or supervisor is None or supervisor.state is not InstanceState.READY:
+            state = supervisor.state.value if supervisor is not None else InstanceState.ABSENT.value
+            raise PluginUnavailable(state, f"plugin {identifier} is not ready ({state})")
+        return await process.open_session(session_id, request_line)
+
+    async def stop(self, identifier: str) -> None:
+        supervisor = self._supervisors.pop(identifier, None)
+        if supervisor is not None:
+            await supervisor.stop(STOP_GRACE)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "runtime": self.name,
+            "plugins": {identifier: sup.health() for identifier, sup in self._supervisors.items()},
+        }
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _launch(self, spec: PluginSpec) -> PluginSupervisor:
+        if self._group is None:
+            raise RuntimeError(
+                "LocalRuntime is not serving: start serve() (the daemon does) or use `async with`"
+            )
+        supervisor = PluginSupervisor(spec, self)
+        self._supervisors[spec.identifier] = supervisor
+        self._group.start_soon(supervisor.run, name=f"plugin {spec.identifier}")
+        return supervisor
+
+    async def _watchdog(self) -> None:
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            try:
+                await self._watch_once()
+            except Exception:  # the watchdog must outlive any surprise
+                logger.exception("local runtime watchdog pass failed")
+
+    async def _watch_once(self) -> None:
+        live = [
+            (supervisor, supervisor.current)
+            for supervisor in self._supervisors.values()
+            if supervisor.current is not None and supervisor.current.alive and supervisor.current.pid
+        ]
+        if not live:
+            return
+        now = time.monotonic()
+        silence = self.settings.PLUGIN_HEARTBEAT_TIMEOUT
+        for supervisor, process in live:
+            assert process is not None
+            if process.ready and now - process.last_activity > silence:
+                process.kill(
+                    "PluginUnresponsive",
+                    f"plugin {supervisor.spec.plugin_id} sent no heartbeat or output for "
+                    f"{now - process.last_activity:.0f} s (PLUGIN_HEARTBEAT_TIMEOUT {silence:g} s); it was stopped",
+                )
+        pids = [process.pid for _, process in live if process is not None and process.pid]
+        usage = await anyio.to_thread.run_sync(tree_rss, pids)
+        for supervisor, process in live:
+            assert process is not None and process.pid is not None
+            rss = usage.get(process.pid)
+            supervisor.rss = rss
+            limit = supervisor.memory_limit
+            if rss is not None and limit is not None and rss > limit and process.alive:
+                process.kill(
+                    "PluginMemoryLimitExceeded",
+                    f"plugin {supervisor.spec.plugin_id} used {rss // MiB} MiB, over its resource.memory "
+                    f"limit of {limit // MiB} MiB; it was stopped",
+                )
