@@ -20,6 +20,10 @@ class DifyCallError(Exception):
     pass
 
 
+def timeout_message(seconds: float) -> str:
+    return f"Dify did not answer within {seconds:g} s (DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT)"
+
+
 class DifyInnerAPI:
     def __init__(self, settings: Settings) -> None:
         write = settings.DIFY_BACKWARDS_INVOCATION_WRITE_TIMEOUT / 1000
@@ -50,6 +54,8 @@ class DifyInnerAPI:
     async def call(self, path: str, body: dict[str, Any]) -> Any:
         try:
             response = await self.client.post(path, content=orjson.dumps(body), headers=_JSON)
+        except httpx.TimeoutException:
+            raise DifyCallError(timeout_message(self.read_deadline)) from None
         except httpx.HTTPError as exc:
             raise DifyCallError(f"request to Dify failed: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
@@ -68,6 +74,8 @@ class DifyInnerAPI:
                 decoder.close()
         except FrameError as exc:
             raise DifyCallError(str(exc)) from None
+        except httpx.TimeoutException:
+            raise DifyCallError(timeout_message(self.read_deadline)) from None
         except httpx.HTTPError as exc:
             raise DifyCallError(f"request to Dify failed: {type(exc).__name__}: {exc}") from None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from plugin_daemon.backwards.dify_client import DifyCallError, DifyInnerAPI
+from plugin_daemon.backwards.dify_client import DifyCallError, DifyInnerAPI, timeout_message
 from plugin_daemon.backwards.permissions import denial
 from plugin_daemon.backwards.storage import PluginStorage, StorageError
 from plugin_daemon.config import Settings
@@ -83,7 +83,7 @@ class BackwardsInvoker:
             except (BackwardsRefused, StorageError, DifyCallError) as exc:
                 await reply("error", str(exc))
             except TimeoutError:
-                await reply("error", "Dify did not answer within DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT")
+                await reply("error", timeout_message(self.dify.read_deadline))
             await reply("end")
         except Exception as exc:  # the plugin stopped listening, or a bug: never leak the call
             log.warning("backwards invocation %s of session %s ended early: %s", request_id, session.id, exc)
