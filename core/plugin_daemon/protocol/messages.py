@@ -58,9 +58,7 @@ def encode_request(
     )
 
 
-def encode_backwards_response(
-    session_id: str, backwards_request_id: str, event: str, message: str, data: Any
-) -> bytes:
+def encode_backwards_response(session_id: str, backwards_request_id: str, event: str, message: str, data: Any) -> bytes:
     """A ``backwards_response`` line of §1.4 (``event``: response | error | end), no trailing newline."""
     return orjson.dumps(
         {

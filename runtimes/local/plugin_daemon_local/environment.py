@@ -73,9 +73,7 @@ class PluginLayout:
             raise EnvironmentBuildError(f"invalid checksum in plugin identifier {identifier!r}")
         workdir = working_path / author / folder
         venv = workdir / ".venv"
-        return cls(
-            workdir, venv, venv / "bin" / "python", workdir / MARKER, workdir.parent / f".{folder}.lock"
-        )
+        return cls(workdir, venv, venv / "bin" / "python", workdir / MARKER, workdir.parent / f".{folder}.lock")
 
 
 def find_uv(settings: Settings) -> str:

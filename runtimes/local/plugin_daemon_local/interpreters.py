@@ -59,9 +59,7 @@ def _pyenv_candidates(root: Path, name: str) -> Iterator[Path]:
         return
 
     def key(path: Path) -> tuple[int, ...]:
-        return tuple(
-            int(part) if part.isdigit() else -1 for part in re.split(r"[.\-]", path.parent.parent.name)
-        )
+        return tuple(int(part) if part.isdigit() else -1 for part in re.split(r"[.\-]", path.parent.parent.name))
 
     yield from sorted(versions.glob(f"*/bin/{name}"), key=key, reverse=True)
 

@@ -70,9 +70,7 @@ def describe_exit(code: int | None) -> str:
 class PluginProcess:
     """A running ``python -m <entrypoint>`` of one plugin."""
 
-    def __init__(
-        self, spec: PluginSpec, argv: list[str], cwd: Path, env: dict[str, str], settings: Settings
-    ) -> None:
+    def __init__(self, spec: PluginSpec, argv: list[str], cwd: Path, env: dict[str, str], settings: Settings) -> None:
         self.spec = spec
         self.argv = argv
         self.cwd = cwd
@@ -211,9 +209,7 @@ class PluginProcess:
                     f"plugin {self.spec.plugin_id} has not read its input for {STDIN_WRITE_TIMEOUT:.0f} s",
                 ) from None
             except (ConnectionError, BrokenPipeError):
-                raise PluginUnavailable(
-                    "restarting", f"plugin {self.spec.plugin_id} is not running"
-                ) from None
+                raise PluginUnavailable("restarting", f"plugin {self.spec.plugin_id} is not running") from None
 
     # --- readers ---------------------------------------------------------------------------
 
@@ -270,9 +266,7 @@ class PluginProcess:
                 item.session_id,
             )
             return
-        self.logger.warning(
-            "session %s: dropped a %d-byte message (over the limit)", item.session_id, item.size
-        )
+        self.logger.warning("session %s: dropped a %d-byte message (over the limit)", item.session_id, item.size)
         channel.fail(
             "PluginFrameTooLarge",
             f"plugin {self.spec.plugin_id} sent a {item.size}-byte message on session {item.session_id}, which "

@@ -155,9 +155,7 @@ class LocalRuntime(Runtime):
 
     def _launch(self, spec: PluginSpec) -> PluginSupervisor:
         if self._group is None:
-            raise RuntimeError(
-                "LocalRuntime is not serving: start serve() (the daemon does) or use `async with`"
-            )
+            raise RuntimeError("LocalRuntime is not serving: start serve() (the daemon does) or use `async with`")
         supervisor = PluginSupervisor(spec, self)
         self._supervisors[spec.identifier] = supervisor
         self._group.start_soon(supervisor.run, name=f"plugin {spec.identifier}")

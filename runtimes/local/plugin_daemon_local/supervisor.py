@@ -139,9 +139,7 @@ class PluginSupervisor:
                 failures = 0
             failures += 1
             if failures >= max_attempts:
-                self._fail(
-                    f"gave up after {failures} consecutive failed starts; the last one: {outcome.message}"
-                )
+                self._fail(f"gave up after {failures} consecutive failed starts; the last one: {outcome.message}")
                 return
             delay = backoff(failures)
             self.restarts += 1
@@ -169,9 +167,7 @@ class PluginSupervisor:
                 except Exception as exc:  # an unexpected failure must not leave callers waiting
                     logger.exception("%s: preparing the environment failed", spec.identifier)
                     return Outcome(False, f"preparing the environment failed: {type(exc).__name__}: {exc}")
-                entrypoint = str(
-                    ((spec.declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main"
-                )
+                entrypoint = str(((spec.declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
                 process = PluginProcess(
                     spec,
                     [str(layout.python), "-m", entrypoint],
@@ -222,9 +218,7 @@ class PluginSupervisor:
             return process.termination[1]
         if process.termination is not None:
             return f"{process.termination[1]}; it was stopped{tail_text}"
-        return (
-            f"plugin {self.spec.plugin_id} {describe_exit(process.returncode)} before it was ready{tail_text}"
-        )
+        return f"plugin {self.spec.plugin_id} {describe_exit(process.returncode)} before it was ready{tail_text}"
 
     @asynccontextmanager
     async def _launch_slot(self) -> AsyncIterator[None]:

@@ -80,5 +80,3 @@ def prepared(
         return spec
 
     return get
-
-
