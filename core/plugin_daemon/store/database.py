@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from plugin_daemon.store.models import Base, SchemaVersion
+from plugin_daemon.store.models import Base, EndpointRow, SchemaVersion
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,8 +24,12 @@ def _create_schema(connection: Connection) -> None:
     Base.metadata.create_all(connection)
 
 
+def _create_endpoints(connection: Connection) -> None:
+    EndpointRow.__table__.create(connection, checkfirst=True)
+
+
 #: MIGRATIONS[n] brings a database from version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Migration] = [_create_schema]
+MIGRATIONS: list[Migration] = [_create_schema, _create_endpoints]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -147,3 +147,18 @@ class KeyValueRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EndpointRow(Timestamped, Base):
+    """A plugin endpoint set up by a tenant: a public webhook reached at ``/e/{hook_id}/...``."""
+
+    __tablename__ = "endpoints"
+    name: Mapped[str] = mapped_column(String(127), default="default")
+    hook_id: Mapped[str] = mapped_column(String(127), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(String(64), default="")
+    plugin_id: Mapped[str] = mapped_column(String(255), index=True)
+    expired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: as stored: secret-input values are encrypted by Dify
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
