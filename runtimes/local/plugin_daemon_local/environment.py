@@ -138,6 +138,12 @@ class EnvironmentBuilder:
     async def prepare(self, spec: PluginSpec, progress: Progress) -> PluginLayout:
         """Return the plugin's layout with a working venv, extracting and building what is missing."""
         layout = PluginLayout.for_identifier(self.working_path, spec.identifier)
+        language = ((spec.declaration.get("meta") or {}).get("runner") or {}).get("language", "python")
+        if language != "python":
+            raise EnvironmentBuildError(
+                f"the local runtime runs Python plugins only; {spec.identifier} declares meta.runner.language "
+                f"{language!r}"
+            )
         lock = self._locks.setdefault(spec.identifier, anyio.Lock())
         async with lock:
             if marker_matches(layout, spec.checksum):

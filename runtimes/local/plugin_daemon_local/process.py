@@ -118,6 +118,7 @@ class PluginProcess:
                 group.start_soon(self._read_stdout)
                 group.start_soon(self._read_stderr)
                 await process.wait()
+                self._notify_exit()  # stop routing new sessions here before draining
                 with anyio.move_on_after(DRAIN_GRACE):
                     await self._stdout_done.wait()
                     await self._stderr_done.wait()
@@ -129,11 +130,15 @@ class PluginProcess:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await process.wait()
             self.returncode = process.returncode
-            if self.on_exit is not None:
-                self.on_exit(self)
+            self._notify_exit()
             self._fail_sessions()
             self.settled.set()
             self.exited.set()
+
+    def _notify_exit(self) -> None:
+        callback, self.on_exit = self.on_exit, None
+        if callback is not None:
+            callback(self)
 
     def exit_message(self) -> tuple[str, str]:
         """(error_type, message) describing why the process is gone."""
@@ -192,7 +197,12 @@ class PluginProcess:
         self.sessions.pop(session_id, None)
 
     async def write_line(self, line: bytes) -> None:
-        """Write one line (a newline is added) to stdin; waits only when the pipe is backed up."""
+        """Write one line (a newline is added) to stdin.
+
+        The line goes whole into the pipe transport's buffer, in call order, so concurrent
+        writers never interleave; a writer waits (with a deadline) only when the plugin is not
+        reading and the buffer has grown past ``STDIN_HIGH_WATER``.
+        """
         process = self._process
         if not self.alive or process.stdin.is_closing():
             raise PluginUnavailable("restarting", f"plugin {self.spec.plugin_id} is not running")
