@@ -105,9 +105,9 @@ class InterpreterFinder:
             if found is not None and found.matches(version):
                 return Interpreter(found.executable, found.version, version, True)
         if self._uv_bin:
-            candidate = await self._uv_find(version)
-            if candidate and candidate not in tried:
-                found = await probe(candidate)
+            located = await self._uv_find(version)
+            if located and located not in tried:
+                found = await probe(located)
                 if found is not None and found.matches(version):
                     return Interpreter(found.executable, found.version, version, True)
         for fallback in (self._configured, sys.executable):
