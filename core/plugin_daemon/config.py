@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     PLUGIN_INSTALL_TIMEOUT: int = 15 * 60
     PLUGIN_MAX_EXECUTION_TIMEOUT: int = 600
     PLUGIN_READY_TIMEOUT: float = 120.0
+    #: serve plugin endpoints (public webhooks) at /e/{hook_id}/...
+    PLUGIN_ENDPOINT_ENABLED: bool = True
     DISABLED_EXTENSIONS: str = ""
 
     # --- local runtime -----------------------------------------------------------------

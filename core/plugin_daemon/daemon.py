@@ -11,6 +11,7 @@ import anyio
 from plugin_daemon.backwards import BackwardsInvoker
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
+from plugin_daemon.endpoints import EndpointService
 from plugin_daemon.installer import Installer
 from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
@@ -38,6 +39,7 @@ class Daemon:
         self.backwards = BackwardsInvoker(settings, self.database)
         self.installer = Installer(self)
         self.control_panel = ControlPanel(self, self.extensions.runtime_factories())
+        self.endpoints = EndpointService(self)
         self.services = {name: factory(self) for name, factory in self.extensions.service_factories().items()}
         self._task_group: TaskGroup | None = None
         #: anything an extension wants to share with its routes (keyed by extension name)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from plugin_daemon.api import dispatch_routes, management
+from plugin_daemon.api import dispatch_routes, endpoint_routes, management
 from plugin_daemon.api.envelope import JSONResponse
 from plugin_daemon.api.health import health_check
 from plugin_daemon.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
@@ -47,6 +47,7 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
     routes = [Route("/health/check", health_check, methods=["GET"])]
     routes += management.routes()
     routes += dispatch_routes.routes()
+    routes += endpoint_routes.routes(daemon.settings)
     routes += daemon.extensions.routes()
     app = Starlette(
         routes=routes,
