@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -22,15 +23,19 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 Prepared = Callable[[str], PluginSpec]
 
 
-async def test_launch_echo_and_multi(prepared: Prepared, tmp_path: Path) -> None:
+async def test_launch_echo_and_multi(prepared: Prepared, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = prepared("echo_tool")
     lines: list[str] = []
+    caplog.set_level(logging.DEBUG, logger=f"plugin.{spec.plugin_id}")
     async with LocalRuntime(make_settings(tmp_path)) as runtime:
         assert runtime.state(spec.identifier) is InstanceState.ABSENT
         with anyio.fail_after(60):
             await runtime.ensure_ready(spec, timeout=60, progress=lines.append)
         assert runtime.state(spec.identifier) is InstanceState.READY
         assert lines[-2:] == ["starting plugin process", "ready"]
+        # The SDK's log events reach the daemon's log under plugin.<id>, at the plugin's level.
+        logged = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+        assert (f"plugin.{spec.plugin_id}", logging.INFO, "Installed tool: echo_tool") in logged
 
         events = await invoke(runtime, spec, "echo", {"text": "hello"})
         assert [e.kind for e in events] == [EventKind.STREAM, EventKind.END]
@@ -102,9 +107,13 @@ async def test_crash_fails_sessions_at_once_then_restarts(prepared: Prepared, tm
         assert texts(await invoke(runtime, spec, "echo", {"text": "again"})) == ["again"]
 
 
-async def test_stderr_tail_is_in_the_exit_error(prepared: Prepared, tmp_path: Path) -> None:
+async def test_stderr_tail_is_in_the_exit_error(
+    prepared: Prepared, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spec = prepared("echo_tool")
-    async with LocalRuntime(make_settings(tmp_path)) as runtime:
+    caplog.set_level(logging.WARNING, logger=f"plugin.{spec.plugin_id}")
+    # faulthandler makes the crash below write a "Fatal Python error" and a traceback to stderr.
+    async with LocalRuntime(make_settings(tmp_path), extra_env={"PYTHONFAULTHANDLER": "1"}) as runtime:
         await runtime.ensure_ready(spec, timeout=60)
         pid = runtime.health()["plugins"][spec.identifier]["pid"]
         session_id = uuid.uuid4().hex
@@ -114,9 +123,13 @@ async def test_stderr_tail_is_in_the_exit_error(prepared: Prepared, tmp_path: Pa
         os.kill(pid, signal.SIGSEGV)
         with anyio.fail_after(10):
             events = [event async for event in channel]
+        message = events[-1].data["message"]
         assert events[-1].data["error_type"] == "PluginProcessExited"
-        assert "SIGSEGV" in events[-1].data["message"]
-        assert "Fatal Python error" in events[-1].data["message"] or "stderr" in events[-1].data["message"]
+        assert "exited with code -11 (killed by SIGSEGV); stderr tail:" in message
+        assert "Fatal Python error: Segmentation fault" in message
+        assert len(message) < 4096 + 200  # the tail is bounded
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "Fatal Python error: Segmentation fault" in warnings  # stderr lines are logged too
 
 
 async def test_oversize_frame_fails_only_its_session(prepared: Prepared, tmp_path: Path) -> None:
