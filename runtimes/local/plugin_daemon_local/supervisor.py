@@ -194,7 +194,7 @@ class PluginSupervisor:
                         )
                     with anyio.move_on_after(10):
                         await process.exited.wait()
-                    return Outcome(False, self._launch_failure(process, ready_timeout))
+                    return Outcome(False, self._launch_failure(process))
             self.process = process
             self.progress("ready")
             self._set_state(InstanceState.READY)
@@ -211,7 +211,7 @@ class PluginSupervisor:
                 self._set_state(InstanceState.RESTARTING)
                 self.progress("restarting")
 
-    def _launch_failure(self, process: PluginProcess, ready_timeout: float) -> str:
+    def _launch_failure(self, process: PluginProcess) -> str:
         tail = process.stderr_tail.text().strip()
         tail_text = f"; stderr tail:\n{tail}" if tail else "; it wrote nothing to stderr"
         if process.termination is not None and process.termination[0] != "PluginStartTimeout":

@@ -164,3 +164,15 @@ async def test_ensure_ready_timeout_says_starting(prepared: Prepared, tmp_path: 
         )
         with anyio.fail_after(10):
             assert [e.kind async for e in channel] == [EventKind.STREAM, EventKind.END]
+
+
+@pytest.mark.anyio
+async def test_no_heartbeat_in_time_is_a_launch_failure(prepared: Prepared, tmp_path: Path) -> None:
+    spec = prepared("echo_tool")
+    # The SDK needs several hundred milliseconds to import and beat: 50 ms is never enough.
+    async with LocalRuntime(make_settings(tmp_path, PLUGIN_READY_TIMEOUT=0.05)) as runtime:
+        with pytest.raises(PluginUnavailable) as caught, anyio.fail_after(30):
+            await runtime.ensure_ready(spec, timeout=30)
+        assert caught.value.reason == "failed"
+        assert "sent no heartbeat within 0.05 s of starting; it was stopped" in caught.value.message
+        assert runtime.health()["plugins"][spec.identifier]["pid"] is None
