@@ -64,12 +64,14 @@ def upload(client: httpx.Client, package: bytes, tenant: str = TENANT) -> httpx.
     )
 
 
-def wait_task(client: httpx.Client, task_id: str, tenant: str = TENANT) -> dict[str, Any]:
+def wait_task(
+    client: httpx.Client, task_id: str, tenant: str = TENANT, timeout: float = TASK_DEADLINE
+) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         task = envelope(client.get(f"/plugin/{tenant}/management/install/tasks/{task_id}"))
         return task if task["status"] in ("success", "failed") else None
 
-    return wait_for(finished, TASK_DEADLINE, f"install task {task_id}")
+    return wait_for(finished, timeout, f"install task {task_id}")
 
 
 def install(client: httpx.Client, identifier: str, tenant: str = TENANT) -> dict[str, Any]:

@@ -1,0 +1,216 @@
+"""The local runtime behind the HTTP API, as Dify drives it: real SDK plugins in real processes.
+
+Upload → install (task success) → dispatch → backwards calls → daemon restart, on one daemon per
+module; the conformance suite runs on the same daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plugin_daemon.packages import build_package
+
+from tests.conformance.suite import *  # noqa: F403
+from tests.conformance.suite import Target, call_tool, items_of, plugin_error, sse
+from tests.conftest import TEST_KEY
+from tests.core.test_management_api import envelope, upload, wait_task
+from tests.runtimes.local.local_runtime_support import PLUGINS, make_settings
+from tests.support.daemon_server import DaemonServer, running_daemon
+from tests.support.dify_inner_api import DifyInnerAPI
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.slow
+
+TENANT = "tenant-local"
+INSTALL_DEADLINE = 600.0
+SECRET_ENV = {"SERVER_KEY": TEST_KEY, "DB_PASSWORD": "db-secret", "DIFY_INNER_API_KEY": "inner-key"}
+
+
+def install(server: DaemonServer, plugin: str, tenant: str = TENANT) -> str:
+    identifier = envelope(upload(server.client, build_package(PLUGINS / plugin), tenant))["unique_identifier"]
+    started = envelope(
+        server.client.post(
+            f"/plugin/{tenant}/management/install/identifiers",
+            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+        )
+    )
+    task = wait_task(server.client, started["task_id"], tenant, timeout=INSTALL_DEADLINE)
+    assert task["status"] == "success", task
+    return identifier
+
+
+@pytest.fixture(scope="module")
+def inner_api() -> Iterator[DifyInnerAPI]:
+    with DifyInnerAPI(key="inner-key") as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local-http-home")
+
+
+def local_settings(home: Path, inner_api: DifyInnerAPI, **overrides: Any):  # type: ignore[no-untyped-def]
+    return make_settings(
+        home,
+        SERVER_KEY=TEST_KEY,
+        PLATFORM="local",
+        DIFY_INNER_API_URL=inner_api.url,
+        DIFY_INNER_API_KEY="inner-key",
+        DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT=5000,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, inner_api: DifyInnerAPI) -> Iterator[DaemonServer]:
+    saved = {name: os.environ.get(name) for name in SECRET_ENV}
+    os.environ.update(SECRET_ENV)  # the daemon's own environment holds secrets; plugins must not see them
+    try:
+        with running_daemon(local_settings(home, inner_api)) as running:
+            install(running, "echo_tool")
+            yield running
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def conformance(server: DaemonServer) -> Target:
+    return Target(server.client, TENANT)
+
+
+def test_installed_plugin_is_listed_with_its_declaration(server: DaemonServer) -> None:
+    listing = envelope(server.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}))
+    assert listing["total"] == 1
+    assert listing["list"][0]["runtime_type"] == "local"
+    tools = envelope(server.client.get(f"/plugin/{TENANT}/management/tools", params={"page": 1, "page_size": 10}))
+    assert tools[0]["provider"] == "echo_tool"
+
+
+def test_plugin_sees_none_of_the_daemons_secrets(server: DaemonServer) -> None:
+    environ = items_of(call_tool(Target(server.client, TENANT), "env"))[0]["message"]["json_object"]["environ"]
+    assert environ["INSTALL_METHOD"] == "local"
+    for name in SECRET_ENV:
+        assert name not in environ
+    assert not any("secret" in str(value) or TEST_KEY in str(value) for value in environ.values())
+
+
+def test_storage_backwards_calls(server: DaemonServer) -> None:
+    target = Target(server.client, TENANT)
+    assert items_of(call_tool(target, "storage", {"op": "set", "key": "color", "value": "blue"}))
+    assert items_of(call_tool(target, "storage", {"op": "get", "key": "color"}))[0]["message"]["json_object"] == {
+        "value": "blue"
+    }
+    assert items_of(call_tool(target, "storage", {"op": "delete", "key": "color"}))
+    exists = items_of(call_tool(target, "storage", {"op": "exist", "key": "color"}))
+    assert exists[0]["message"]["json_object"] == {"exists": False}
+    missing = plugin_error(call_tool(target, "storage", {"op": "get", "key": "color"})[-1])
+    assert "load data failed" in missing["message"]
+    too_big = plugin_error(call_tool(target, "storage", {"op": "set", "key": "big", "value": "x" * 1_100_000})[-1])
+    assert "quota" in too_big["message"]
+
+
+def test_llm_backwards_call_streams_the_answer(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
+    inner_api.reset()
+    target = Target(server.client, TENANT)
+    items = items_of(call_tool(target, "llm", {"provider": "openai", "model": "gpt", "query": "hi"}))
+    text = "".join(item["message"]["text"] for item in items if item["type"] == "text")
+    assert text == inner_api.expected_llm_text()
+    sent = inner_api.calls("invoke/llm")[-1].json
+    assert sent["tenant_id"] == TENANT and sent["user_id"] == "user-1"
+
+
+def test_tool_backwards_call(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
+    inner_api.reset()
+    target = Target(server.client, TENANT)
+    items = items_of(
+        call_tool(target, "call_tool", {"provider": "time", "tool_name": "current_time", "parameters": "{}"})
+    )
+    assert any(item.get("message", {}).get("text") == "tool says hi" for item in items), items
+
+
+@pytest.mark.parametrize(("behaviour", "words"), [({"status": 500}, "500"), ({"garbage": True}, "magic")])
+def test_inner_api_failures_reach_the_caller(server: DaemonServer, inner_api: DifyInnerAPI, behaviour, words) -> None:  # type: ignore[no-untyped-def]
+    inner_api.reset()
+    inner_api.behave("invoke/llm", **behaviour)
+    target = Target(server.client, TENANT)
+    try:
+        error = plugin_error(call_tool(target, "llm", {"provider": "p", "model": "m", "query": "q"})[-1])
+        assert words in error["message"]
+    finally:
+        inner_api.reset()
+    assert items_of(call_tool(target, "echo", {"text": "healthy"}))[0]["message"] == {"text": "healthy"}
+
+
+def test_permission_denied_without_manifest_grant(server: DaemonServer) -> None:
+    install(server, "noperm_tool")
+    target = Target(server.client, TENANT)
+    storage = call_tool(
+        target, "storage", {"op": "get", "key": "k"}, plugin_id="tester/noperm_tool", provider="noperm_tool"
+    )
+    error = plugin_error(storage[-1])
+    assert "permission denied, you need to enable storage access in plugin manifest" in error["message"]
+    llm = call_tool(
+        target,
+        "llm",
+        {"provider": "p", "model": "m", "query": "q"},
+        plugin_id="tester/noperm_tool",
+        provider="noperm_tool",
+    )
+    assert "permission denied, you need to enable llm access" in plugin_error(llm[-1])["message"]
+
+
+def test_stream_llm_from_a_model_plugin_chunk_by_chunk(server: DaemonServer) -> None:
+    install(server, "mock_llm")
+    with OpenAIServer(chunks=5, delay=0.2) as upstream:
+        body = {
+            "user_id": "u",
+            "data": {
+                "provider": "mock_llm",
+                "model": "mock-model",
+                "model_type": "llm",
+                "credentials": {"endpoint_url": upstream.url},
+                "prompt_messages": [{"role": "user", "content": "hello"}],
+                "model_parameters": {},
+                "stop": [],
+                "tools": [],
+                "stream": True,
+            },
+        }
+        arrivals = []
+        with server.client.stream(
+            "POST",
+            f"/plugin/{TENANT}/dispatch/llm/invoke",
+            headers={"X-Plugin-ID": "tester/mock_llm"},
+            json=body,
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line:
+                    arrivals.append((time.monotonic(), json.loads(line[len("data: ") :])))
+        chunks = [event["data"] for _, event in arrivals]
+        assert all(event["code"] == 0 for _, event in arrivals), arrivals
+        text = "".join(chunk["delta"]["message"]["content"] for chunk in chunks)
+        assert text == upstream.expected_content()
+        assert chunks[-1]["delta"]["finish_reason"] == "stop"
+        # streamed as produced: the first chunk arrived well before the last (5 chunks, 0.2 s apart)
+        assert arrivals[-1][0] - arrivals[0][0] > 0.5
+
+        validate = sse(
+            server.client.post(
+                f"/plugin/{TENANT}/dispatch/model/validate_provider_credentials",
+                headers={"X-Plugin-ID": "tester/mock_llm"},
+                json={"user_id": "u", "data": {"provider": "mock_llm", "credentials": {"endpoint_url": upstream.url}}},
+            )
+        )
+        assert validate[0]["data"]["result"] is True
