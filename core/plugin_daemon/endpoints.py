@@ -132,11 +132,15 @@ def _forwarded_failure(envelope: dict[str, Any]) -> DaemonError:
 
 async def _session_items(stream: AsyncIterator[bytes]) -> AsyncGenerator[Any, None]:
     """The items of a session's SSE stream; a failure event is raised."""
-    async for event in stream:
-        envelope = orjson.loads(event[len(SSE_PREFIX) :])
-        if envelope.get("code") != 0:
-            raise _forwarded_failure(envelope)
-        yield envelope.get("data")
+    try:
+        async for event in stream:
+            envelope = orjson.loads(event[len(SSE_PREFIX) :])
+            if envelope.get("code") != 0:
+                raise _forwarded_failure(envelope)
+            yield envelope.get("data")
+    finally:
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()  # the session drains on without us
 
 
 def _response_chunk(item: Any) -> tuple[int | None, dict[str, str], bytes | None]:
@@ -292,7 +296,7 @@ class EndpointService:
     # management --------------------------------------------------------------------------
     async def setup(self, tenant_id: str, user_id: str, identifier: str, name: str, settings: dict[str, Any]) -> bool:
         plugin_id = parse_identifier(identifier).plugin_id
-        installation = await anyio.to_thread.run_sync(self.daemon.manager.installation, tenant_id, plugin_id)
+        installation = await self._installation(tenant_id, plugin_id)
         if installation is None or installation.identifier != identifier:
             raise PluginNotFound("plugin not found")
         declaration = await self._declaration(installation)

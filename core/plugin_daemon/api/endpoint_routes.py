@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -9,14 +10,23 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Send
 
 from plugin_daemon.api.envelope import JSONResponse
 from plugin_daemon.api.management import Handler, daemon_of, enveloped
 from plugin_daemon.api.requests import field, json_body, page, query, tenant
 from plugin_daemon.config import Settings
-from plugin_daemon.endpoints import MAX_ENDPOINT_BODY, MAX_NAME_LENGTH, EndpointService, IncomingRequest
+from plugin_daemon.endpoints import (
+    MAX_ENDPOINT_BODY,
+    MAX_NAME_LENGTH,
+    EndpointService,
+    EndpointStreamBroken,
+    IncomingRequest,
+)
 from plugin_daemon.errors import BadRequest, DaemonError
 from plugin_daemon.manager import parse_identifier
+
+log = logging.getLogger(__name__)
 
 PUBLIC_METHODS = ["HEAD", "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_PAGE_SIZE = 100
@@ -121,6 +131,16 @@ async def _incoming(request: Request, hook_id: str, deadline: float) -> Incoming
     )
 
 
+class PluginBodyResponse(StreamingResponse):
+    """The plugin's body as it arrives; if the plugin fails mid-answer the body is left unfinished."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except EndpointStreamBroken as exc:
+            log.warning("%s; the caller's connection is cut", exc)
+
+
 async def invoke(request: Request) -> Response:
     """``/e/{hook_id}/...``: no auth; the plugin's own status, headers and streamed body."""
     daemon = daemon_of(request)
@@ -131,7 +151,7 @@ async def invoke(request: Request) -> Response:
     except DaemonError as exc:
         status = exc.http_status if exc.http_status != 200 else 500
         return JSONResponse(exc.envelope(), status_code=status)
-    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
+    return PluginBodyResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def routes(settings: Settings) -> list[Route]:

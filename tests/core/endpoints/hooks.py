@@ -8,7 +8,8 @@ in-memory runtime ``hooks`` answers endpoint sessions by parsing the raw HTTP re
   request exactly as the plugin saw it, plus the settings it got;
 - ``/teapot``: 418 with a plain-text body, status, headers and body in one item;
 - ``/stream``: a first chunk, then waits for :data:`release` before the second;
-- ``/fail``: raises before answering; ``/broken``: raises after the first body chunk.
+- ``/fail``: raises before answering; ``/broken``: raises after the first body chunk;
+- ``/silent``: answers nothing for 30 s (to meet the execution timeout).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ async def hooks_plugin(data: dict[str, Any]) -> AsyncIterator[Any]:
         await anyio.to_thread.run_sync(release.wait, 20)
         yield {"result": b"second".hex()}
         return
+    if path == "/silent":
+        await anyio.sleep(30)
     if path == "/broken":
         yield {"status": 200, "headers": {"Content-Type": "text/plain"}}
         yield {"result": b"partial".hex()}
