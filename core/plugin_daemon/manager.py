@@ -22,6 +22,7 @@ from plugin_daemon.runtime import PluginSpec
 from plugin_daemon.store.database import Database
 from plugin_daemon.store.models import (
     CATEGORY_TABLES,
+    EndpointRow,
     InstallationRow,
     PluginDeclarationRow,
     PluginRow,
@@ -231,8 +232,10 @@ class PluginManager:
             )
             if existing is not None and existing.plugin_unique_identifier == identifier:
                 return Installation(existing.id, tenant_id, parsed.plugin_id, identifier, existing.runtime_type)
-            if existing is not None:
-                self._remove_installation(session, existing)
+            carried = (0, 0)
+            if existing is not None:  # another version of the same plugin: an upgrade keeps endpoints
+                carried = (existing.endpoints_setups, existing.endpoints_active)
+                self._remove_installation(session, existing, keep_endpoints=True)
             plugin = session.scalar(select(PluginRow).where(PluginRow.plugin_unique_identifier == identifier))
             if plugin is None:
                 plugin = PluginRow(
@@ -252,6 +255,8 @@ class PluginManager:
                 runtime_type=runtime_type,
                 source=source,
                 meta=meta or {},
+                endpoints_setups=carried[0],
+                endpoints_active=carried[1],
             )
             session.add(installation)
             for key, table in CATEGORY_TABLES.items():
@@ -270,9 +275,20 @@ class PluginManager:
         self._forget(tenant_id, parsed.plugin_id)
         return result
 
-    def _remove_installation(self, session: Any, installation: InstallationRow) -> str | None:
-        """Delete an installation and its category rows; returns the identifier if no tenant uses it now."""
+    def _remove_installation(
+        self, session: Any, installation: InstallationRow, *, keep_endpoints: bool = False
+    ) -> str | None:
+        """Delete an installation, its category rows and (unless kept, or a debug plugin's) its endpoints.
+
+        Returns the identifier if no tenant uses it any more.
+        """
         identifier = installation.plugin_unique_identifier
+        if not keep_endpoints and installation.runtime_type != "remote":
+            session.execute(
+                delete(EndpointRow).where(
+                    EndpointRow.tenant_id == installation.tenant_id, EndpointRow.plugin_id == installation.plugin_id
+                )
+            )
         for table in CATEGORY_TABLES.values():
             session.execute(
                 delete(table).where(
