@@ -24,6 +24,7 @@ from tests.runtimes.local.local_runtime_support import PLUGINS, make_settings
 from tests.support.daemon_server import DaemonServer, running_daemon
 from tests.support.dify_inner_api import DifyInnerAPI
 from tests.support.openai_server import OpenAIServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +215,66 @@ def test_stream_llm_from_a_model_plugin_chunk_by_chunk(server: DaemonServer) -> 
             )
         )
         assert validate[0]["data"]["result"] is True
+
+
+def test_install_of_a_plugin_that_cannot_start_fails_with_its_reason(server: DaemonServer) -> None:
+    identifier = envelope(upload(server.client, build_package(PLUGINS / "broken_start"), TENANT))["unique_identifier"]
+    started = envelope(
+        server.client.post(
+            f"/plugin/{TENANT}/management/install/identifiers",
+            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+        )
+    )
+    task = wait_task(server.client, started["task_id"], TENANT, timeout=INSTALL_DEADLINE)
+    assert task["status"] == "failed"
+    assert "cannot start: missing config" in task["plugins"][0]["message"]
+    installed = envelope(server.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 50}))
+    assert identifier not in [entry["plugin_unique_identifier"] for entry in installed["list"]]
+
+
+def test_sdk_0_10_on_python_3_12_with_a_uv_lock(server: DaemonServer) -> None:
+    install(server, "echo_tool_new")
+    target = Target(server.client, TENANT)
+    echoed = call_tool(target, "echo", {"text": "new sdk"}, plugin_id="tester/echo_tool_new", provider="echo_tool_new")
+    assert items_of(echoed)[0]["message"] == {"text": "new sdk"}
+
+
+def test_a_slow_dify_gives_the_plugin_an_error_not_a_hang(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
+    inner_api.reset()
+    inner_api.behave("invoke/llm", stall=30)
+    try:
+        started = time.monotonic()
+        events = call_tool(Target(server.client, TENANT), "llm", {"provider": "p", "model": "m", "query": "q"})
+        assert "did not answer within 5 s" in plugin_error(events[-1])["message"]
+        assert time.monotonic() - started < 20
+    finally:
+        inner_api.reset()
+
+
+def test_a_backwards_call_outlives_the_caller(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
+    """The caller leaves (a webhook's 5 s limit); the plugin's later call to Dify still works."""
+    inner_api.reset()
+    inner_api.behave("invoke/llm", chunks=4, delay=0.5)
+    calls_before = len(inner_api.calls("invoke/llm"))
+    try:
+        with server.client.stream(
+            "POST",
+            f"/plugin/{TENANT}/dispatch/tool/invoke",
+            headers={"X-Plugin-ID": "tester/echo_tool"},
+            json={
+                "user_id": "u",
+                "data": {
+                    "provider": "echo_tool",
+                    "tool": "llm",
+                    "tool_parameters": {"provider": "p", "model": "m", "query": "q"},
+                    "credentials": {},
+                },
+            },
+        ) as response:
+            first = next(line for line in response.iter_lines() if line)
+            assert json.loads(first[len("data: ") :])["code"] == 0
+        # the caller has gone; the session finishes its backwards call and ends cleanly
+        wait_for(lambda: len(server.daemon.sessions) == 0, 30, "the session to end")
+        assert len(inner_api.calls("invoke/llm")) == calls_before + 1
+    finally:
+        inner_api.reset()
