@@ -124,7 +124,8 @@ def package(folder: Path, output: Path | None) -> None:
     identifier = decoded.identifier
     target = output or Path(f"{identifier.name}-{identifier.version}.difypkg")
     target.write_bytes(data)
-    console.print(f"wrote {target} ({len(data)} bytes)\nunique identifier: {identifier}")
+    console.print(f"wrote {target} ({len(data)} bytes); its unique identifier:", soft_wrap=True)
+    click.echo(str(identifier))  # alone on stdout, for scripts
 
 
 @cli.command()

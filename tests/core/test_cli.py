@@ -1,0 +1,116 @@
+"""The command line: package, plugins, and serve as a real process on its embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+from plugin_daemon.cli import cli
+from plugin_daemon.packages import decode_package
+
+from tests.support.daemon_server import free_port
+from tests.support.waiting import wait_for
+
+ECHO_TOOL = Path(__file__).parents[1] / "plugins" / "echo_tool"
+
+
+def test_package_builds_a_valid_difypkg(tmp_path: Path) -> None:
+    target = tmp_path / "echo.difypkg"
+    result = CliRunner().invoke(cli, ["package", str(ECHO_TOOL), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    decoded = decode_package(target.read_bytes())
+    assert str(decoded.identifier) in result.output
+    assert decoded.identifier.plugin_id == "tester/echo_tool"
+
+
+def test_package_refuses_a_bad_folder_clearly(tmp_path: Path) -> None:
+    (tmp_path / "manifest.yaml").write_text("version: banana\n")
+    result = CliRunner().invoke(cli, ["package", str(tmp_path), "-o", str(tmp_path / "x.difypkg")])
+    assert result.exit_code != 0
+    assert "Error" in result.output
+    assert not (tmp_path / "x.difypkg").exists()
+
+
+def test_plugins_lists_the_loaded_extensions() -> None:
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "plugin-daemon-local" in result.output
+    assert "runtimes:" in result.output and "local" in result.output
+
+
+def serve(cwd: Path, port: int) -> subprocess.Popen[str]:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith(("SERVER_", "DB_", "PLUGIN_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(port)],
+        cwd=cwd,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/check", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_serve_on_embedded_defaults_keeps_state_in_one_folder_and_a_generated_key(tmp_path: Path) -> None:
+    port = free_port()
+    first = serve(tmp_path, port)
+    try:
+        wait_for(lambda: healthy(port) or first.poll() is not None, 60, "the daemon to answer")
+        assert first.poll() is None
+    finally:
+        output = stop(first)
+    home = tmp_path / "plugin-daemon-data"
+    key_file = home / "server_key"
+    key = key_file.read_text().strip()
+    assert key and key in output, output
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert (home / "plugin_daemon.db").is_file()
+
+    second = serve(tmp_path, port)
+    try:
+        wait_for(lambda: healthy(port) or second.poll() is not None, 60, "the daemon to answer again")
+        listing = httpx.get(
+            f"http://127.0.0.1:{port}/plugin/t/management/list?page=1&page_size=10", headers={"X-Api-Key": key}
+        )
+        assert listing.json()["code"] == 0
+        assert httpx.get(f"http://127.0.0.1:{port}/plugin/t/management/list").status_code == 401
+    finally:
+        output = stop(second)
+    assert key not in output  # printed once only
+
+
+def test_serve_refuses_a_public_default_key(tmp_path: Path) -> None:
+    from plugin_daemon.config import PUBLIC_DEFAULT_KEYS
+
+    environ = dict(os.environ, SERVER_KEY=sorted(PUBLIC_DEFAULT_KEYS)[0])
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "publicly known" in result.stdout + result.stderr
