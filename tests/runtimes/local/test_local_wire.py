@@ -72,16 +72,18 @@ def test_request_and_backwards_response_lines_are_exact(tmp_path: Path, tee_plug
                 )
             )
             assert wait_task(server.client, started["task_id"], TENANT, timeout=600)["status"] == "success"
+            author, rest = identifier.split("/", 1)
+            name, version_checksum = rest.split(":", 1)
+            version, checksum = version_checksum.split("@")
+            log = settings.working_path / author / f"{name}-{version}@{checksum}" / "stdin.log"
+            already = log.stat().st_size if log.exists() else 0  # the working folder outlives test runs
             target = Target(server.client, TENANT)
             items = items_of(
                 call_tool(target, "storage", {"op": "set", "key": "k", "value": "v"}, plugin_id="tester/tee_tool")
             )
             assert items[0]["message"]["json_object"] == {"ok": True}
-            author, rest = identifier.split("/", 1)
-            name, version_checksum = rest.split(":", 1)
-            version, checksum = version_checksum.split("@")
-            log = settings.working_path / author / f"{name}-{version}@{checksum}" / "stdin.log"
-            lines = [json.loads(line) for line in log.read_bytes().split(b"\n") if line.strip()]
+            written = log.read_bytes()[already:]
+            lines = [json.loads(line) for line in written.split(b"\n") if line.strip()]
 
     request, response, end = lines
     assert list(request) == ENVELOPE_KEYS
