@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     DIFY_PLUGIN_SERVERLESS_CONNECTOR_URL: str = ""
     DIFY_PLUGIN_SERVERLESS_CONNECTOR_API_KEY: str = ""
     MAX_SERVERLESS_REQUEST_BYTES: int = 5 * MiB
+    DIFY_PLUGIN_SERVERLESS_CONNECTOR_LAUNCH_TIMEOUT: int = 240
+    #: retries after the first attempt, for a 502/503/429 or a refused connection before any frame
+    MAX_SERVERLESS_RETRY_TIMES: int = 3
+    SERVERLESS_RETRY_BACKOFF_MS: int = 500
+    SERVERLESS_MAX_CONNECTIONS: int = 512
+    #: HMAC-SHA256 key signing every invoke body (header X-Dify-Plugin-Signature); empty = unsigned
+    DIFY_PLUGIN_SERVERLESS_SIGNING_SECRET: str = ""
+    MAX_SERVERLESS_TRANSACTION_BYTES: int = 6 * MiB
+    MAX_SERVERLESS_TRANSACTION_TIMEOUT: int = 300
 
     # --- logging -----------------------------------------------------------------------
     LOG_LEVEL: str = "INFO"

@@ -160,7 +160,8 @@ class Installer:
         self, task_id: str, index: int, tenant_id: str, identifier: str, source: str, meta: dict[str, Any]
     ) -> None:
         daemon = self.daemon
-        runtime_type = daemon.control_panel.default_runtime_type()
+        # ``metas[i].runtime_type`` picks the runtime of one installation; PLATFORM is the default
+        runtime_type = str(meta.get("runtime_type") or "") or daemon.control_panel.default_runtime_type()
         runtime = daemon.control_panel.runtime(runtime_type)
         spec = await daemon.control_panel.spec(identifier)
         if spec.package_path is None:

@@ -1,0 +1,1 @@
+"""The ``local`` provider: a function emulator on this machine (cold starts, scale to zero)."""

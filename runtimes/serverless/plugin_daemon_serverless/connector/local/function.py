@@ -1,0 +1,254 @@
+"""One emulated function: the plugin run with the real SDK in serverless mode, on loopback.
+
+The process starts on the first call (cold start), serves every call after it (many at once),
+and is stopped when it has been idle for ``idle_timeout`` (scale to zero); the next call starts
+it again. A process that dies is simply not running any more: the next call starts a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+from plugin_daemon.config import Settings
+from plugin_daemon_local.commands import OutputTail
+from plugin_daemon_local.environment import PluginLayout
+from plugin_daemon_local.envvars import plugin_environment
+from plugin_daemon_local.spawning import ReaderStream, signal_group, spawn
+
+from ..options import ConnectorOptions
+from .registry import FunctionEntry
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 3.0
+OUTPUT_TAIL_BYTES = 8192
+#: Deadline of one health probe during a cold start.
+PROBE_TIMEOUT = 1.0
+
+StartSoon = Callable[..., None]
+
+
+class FunctionStartError(Exception):
+    """The function did not come up; the message carries its output tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalFunction:
+    def __init__(
+        self,
+        entry: FunctionEntry,
+        layout: PluginLayout,
+        settings: Settings,
+        options: ConnectorOptions,
+        client: httpx.AsyncClient,
+        start_soon: StartSoon,
+    ) -> None:
+        self.entry = entry
+        self.layout = layout
+        self.settings = settings
+        self.options = options
+        self.client = client
+        self.start_soon = start_soon
+        self.process: Any = None
+        self.base_url = ""
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.cold_starts = 0
+        self.exits = 0
+        self.tail = OutputTail(OUTPUT_TAIL_BYTES)
+        self._lock = anyio.Lock()
+        self._stopping: Any = None
+        self._last: Any = None  # the newest process, running or not
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def state(self) -> str:
+        return "running" if self.running else "stopped"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.entry.name,
+            "identifier": self.entry.identifier,
+            "state": self.state,
+            "pid": self.process.pid if self.running else None,
+            "in_flight": self.in_flight,
+            "idle_seconds": round(time.monotonic() - self.last_used, 3),
+            "cold_starts": self.cold_starts,
+            "exits": self.exits,
+        }
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def acquire(self) -> str:
+        """The base URL of a running process (started if needed); pair with :meth:`release`."""
+        self.in_flight += 1
+        try:
+            async with self._lock:
+                if not self.running:
+                    await self._start()
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        self.last_used = time.monotonic()
+        return self.base_url
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        return now - self.last_used if self.in_flight == 0 else 0.0
+
+    # --- process -------------------------------------------------------------------------------
+
+    def _environment(self, port: int) -> dict[str, str]:
+        env = plugin_environment(self.settings, self.layout.venv)
+        env.update(
+            {
+                "INSTALL_METHOD": "serverless",
+                "SERVERLESS_HOST": "127.0.0.1",
+                "SERVERLESS_PORT": str(port),
+                "DIFY_PLUGIN_DAEMON_URL": self.options.daemon_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    async def _start(self) -> None:
+        runner = (self.entry.declaration.get("meta") or {}).get("runner") or {}
+        entrypoint = str(runner.get("entrypoint") or "main")
+        for attempt in (1, 2):
+            port = free_port()
+            self.tail = OutputTail(OUTPUT_TAIL_BYTES)
+            started = time.monotonic()
+            process = await spawn(
+                [str(self.layout.python), "-m", entrypoint],
+                cwd=self.layout.workdir,
+                env=self._environment(port),
+                merge_stderr=True,
+            )
+            self.process = self._last = process
+            exited = anyio.Event()
+            self.start_soon(self._pump, process)
+            self.start_soon(self._watch, process, exited)
+            base_url = f"http://127.0.0.1:{port}"
+            try:
+                await self._wait_healthy(base_url, exited)
+            except FunctionStartError:
+                await self._kill(process)
+                if attempt == 1 and "Address already in use" in self.tail.text():
+                    continue  # lost the port to someone else between picking and binding it
+                raise
+            self.base_url = base_url
+            self.cold_starts += 1
+            log.info(
+                "function %s started (pid %d, port %d) in %.2f s",
+                self.entry.name,
+                process.pid,
+                port,
+                time.monotonic() - started,
+            )
+            return
+
+    async def _wait_healthy(self, base_url: str, exited: anyio.Event) -> None:
+        deadline = time.monotonic() + self.options.start_timeout
+        interval = 0.02
+        while True:
+            if exited.is_set():
+                code = self.process.returncode if self.process is not None else None
+                raise FunctionStartError(
+                    f"function {self.entry.name} exited during its cold start (code {code}):\n{self.tail.text(2000)}"
+                )
+            try:
+                response = await self.client.get(f"{base_url}/health", timeout=PROBE_TIMEOUT)
+                if response.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise FunctionStartError(
+                    f"function {self.entry.name} did not answer /health within {self.options.start_timeout:g} s:\n"
+                    f"{self.tail.text(2000)}"
+                )
+            with anyio.move_on_after(interval):
+                await exited.wait()
+            interval = min(interval * 1.5, 0.25)
+
+    async def _pump(self, process: Any) -> None:
+        stream = ReaderStream(process.stdout)
+        while True:
+            try:
+                chunk = await stream.receive(65536)
+            except anyio.EndOfStream:
+                return
+            self.tail.add(chunk)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("function %s: %s", self.entry.name, chunk.decode("utf-8", "replace").rstrip())
+
+    async def _watch(self, process: Any, exited: anyio.Event) -> None:
+        code = await process.wait()
+        exited.set()
+        if self._stopping is process:
+            return
+        self.exits += 1
+        log.warning(
+            "function %s (pid %d) exited with code %s:\n%s", self.entry.name, process.pid, code, self.tail.text(1000)
+        )
+
+    async def exit_code(self, timeout: float) -> int | None:
+        """The newest process's exit code, waiting up to ``timeout`` for it to exit."""
+        process = self._last
+        if process is None:
+            return None
+        with anyio.move_on_after(timeout):
+            await process.wait()
+        return process.returncode
+
+    def output(self, limit: int = 1000) -> str:
+        """The end of the function's output without its access-log and banner lines."""
+        lines = [
+            line
+            for line in self.tail.text().splitlines()
+            if line.strip() and not line.startswith(("* ", "127.0.0.1 - - ["))
+        ]
+        return "\n".join(lines)[-limit:]
+
+    async def stop(self, *, only_if_idle_for: float | None = None) -> bool:
+        """Stop the process; with ``only_if_idle_for``, only if no call came meanwhile. True if stopped."""
+        async with self._lock:
+            if not self.running:
+                return False
+            if only_if_idle_for is not None and self.idle_for(time.monotonic()) < only_if_idle_for:
+                return False
+            await self._kill(self.process)
+            return True
+
+    async def _kill(self, process: Any) -> None:
+        self._stopping = process
+        try:
+            if process.returncode is None:
+                signal_group(process.pid, signal.SIGTERM)
+                with anyio.move_on_after(STOP_GRACE, shield=True):
+                    await process.wait()
+            if process.returncode is None:
+                signal_group(process.pid, signal.SIGKILL)
+                with anyio.move_on_after(5, shield=True):
+                    await process.wait()
+        finally:
+            if self.process is process:
+                self.process = None

@@ -1,0 +1,85 @@
+"""The provider contract: a cloud where the connector deploys and runs functions.
+
+A provider is a stevedore driver in the namespace ``plugin_daemon.serverless.providers``::
+
+    [project.entry-points."plugin_daemon.serverless.providers"]
+    my_cloud = "my_package.provider:MyCloudProvider"
+
+built once per connector with its :class:`ConnectorOptions`, and chosen with
+``plugin-daemon connector --provider my_cloud``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from stevedore import driver
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from starlette.routing import BaseRoute
+
+    from ..sri import FunctionInfo, LaunchEvent
+    from .options import ConnectorOptions
+
+NAMESPACE = "plugin_daemon.serverless.providers"
+
+
+class Provider(ABC):
+    """Deploys packages as functions and finds them again."""
+
+    def __init__(self, options: ConnectorOptions) -> None:
+        self.options = options
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Background work for the connector's lifetime; call ``task_status.started()`` when ready."""
+        task_status.started()
+        await anyio.sleep_forever()
+
+    @abstractmethod
+    async def find(self, filename: str) -> FunctionInfo | None:
+        """The function deployed for ``author@name@version@checksum.difypkg``, if any."""
+
+    @abstractmethod
+    def launch(
+        self, filename: str, package: bytes, *, verified: bool, metadata: dict[str, Any]
+    ) -> AsyncIterator[LaunchEvent]:
+        """Deploy a package (or join a deployment of it under way), yielding its stages.
+
+        Ends with ``run``/``success`` carrying ``endpoint=...,name=...,id=...`` then
+        ``end``/``success``, or with a ``failed`` event saying why.
+        """
+
+    def routes(self) -> list[BaseRoute]:
+        """Extra routes on the connector (paths under ``/v1/`` need the API key)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Stop what the provider started."""
+
+
+def load_provider(name: str, options: ConnectorOptions) -> Provider:
+    """The provider driver ``name``, built with ``options``."""
+    manager = driver.DriverManager(
+        namespace=NAMESPACE, name=name, invoke_on_load=True, invoke_args=(options,), on_load_failure_callback=_raise
+    )
+    provider = manager.driver
+    if not isinstance(provider, Provider):
+        raise TypeError(f"serverless provider {name!r} is not a Provider")
+    return provider
+
+
+def _raise(manager: Any, entry_point: Any, exc: Exception) -> None:
+    raise exc
+
+
+def provider_names() -> list[str]:
+    """The installed providers."""
+    return sorted(entry_point.name for entry_point in entry_points(group=NAMESPACE))
