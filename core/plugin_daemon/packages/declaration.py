@@ -53,7 +53,8 @@ def build_declaration(files: Mapping[str, bytes]) -> dict[str, Any]:
     for plural, (singular, expand) in _PROVIDERS.items():
         expanded[singular] = None
         for path in getattr(manifest.plugins, plural):
-            expanded[singular] = expand(package_files, path)  # the Go daemon keeps the last one listed
+            # the Go daemon keeps the last one listed
+            expanded[singular] = providers.typed_like_go(expand(package_files, path))
     declaration = _top_level(manifest) | {"verified": False} | expanded
     _fill_defaults(declaration)
     declaration["category"] = plugin_category(declaration)

@@ -181,6 +181,36 @@ def trigger_provider(files: PackageFiles, path: str) -> dict[str, Any]:
     return provider
 
 
+def typed_like_go(value: Any, key: str = "") -> Any:
+    """Give the text of a scalar back where the Go daemon's struct field is a string.
+
+    yaml.v3 decodes ``value: 0`` or ``value: false`` into a string field as "0" / "false", and Dify
+    expects text there: i18n texts (a null one is dropped) and option values and names.
+    """
+    if isinstance(value, dict):
+        if "en_US" in value:
+            return {
+                lang: scalar_text(text)
+                for lang, text in value.items()
+                if text is not None and not isinstance(text, dict | list)
+            }
+        return {name: typed_like_go(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        if key == "options":
+            return [_option(item) for item in value]
+        return [typed_like_go(item) for item in value]
+    return value
+
+
+def _option(option: Any) -> Any:
+    if isinstance(option, dict):
+        option = typed_like_go(option)
+        if "value" in option and option["value"] is not None:
+            option["value"] = scalar_text(option["value"])
+        return option
+    return scalar_text(option)
+
+
 # --- pieces -----------------------------------------------------------------------------
 
 

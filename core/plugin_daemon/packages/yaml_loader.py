@@ -18,7 +18,7 @@ import yaml
 
 from .errors import PackageError
 
-MAX_NODES = 1_000_000
+MAX_NODES = 250_000
 MAX_DEPTH = 200
 
 

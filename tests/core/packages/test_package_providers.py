@@ -367,3 +367,22 @@ def test_missing_tool_provider_icon() -> None:
     assert decode_error(files) == (
         "tool provider field 'identity.icon' refers to _assets/gone.svg, which is not in the package"
     )
+
+
+def test_scalars_in_text_fields_become_text_as_in_go() -> None:
+    """yaml.v3 puts `value: 0` into a string field as "0"; Dify expects text for option values and i18n."""
+    files = tool_plugin()
+    files["tools/echo.yaml"] = files["tools/echo.yaml"] + (
+        b"more:\n"
+        b"  - name: level\n"
+        b"    label: {en_US: 2024, zh_Hans: null}\n"
+        b"    options:\n"
+        b"      - {value: 0, label: {en_US: Zero}}\n"
+        b"      - {value: false, label: {en_US: 'No'}}\n"
+        b"      - {value: 1.50, label: {en_US: One and a half}}\n"
+        b"    default: 0\n"
+    )
+    more = decode(files)["tool"]["tools"][0]["more"][0]
+    assert more["label"] == {"en_US": "2024"}
+    assert [option["value"] for option in more["options"]] == ["0", "false", "1.50"]
+    assert more["default"] == 0  # `any` in Go: stays a number
