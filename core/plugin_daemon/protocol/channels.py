@@ -1,7 +1,8 @@
-"""One session's channel over a local plugin process.
+"""One session's channel over a plugin connection (a process's stdio, a TCP socket).
 
-The process's single stdout reader pushes each frame into the session's queue synchronously;
-the caller iterates at its own pace. The reader never waits for a consumer. Buffer policy:
+The connection's single output reader pushes each frame into the session's queue synchronously
+(see :mod:`plugin_daemon.protocol.router`); the caller iterates at its own pace. The reader never
+waits for a consumer. Buffer policy:
 a session may hold up to ``MAX_BUFFERED_BYTES`` of frames (counted as line bytes) or
 ``MAX_BUFFERED_FRAMES`` frames that its caller has not read yet; past that, the caller is not
 keeping up, so the session is failed (``PluginSessionOverflow``), its buffered frames are
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+
 from plugin_daemon.protocol.messages import error_payload
 from plugin_daemon.runtime import EventKind, SessionChannel, SessionEvent
 
@@ -25,8 +27,8 @@ _END = EventKind.END
 _ERROR = EventKind.ERROR
 
 
-class LocalSessionChannel(SessionChannel):
-    """Events of one session, routed by the process's stdout reader."""
+class QueueSessionChannel(SessionChannel):
+    """Events of one session, queued by the connection's output reader."""
 
     __slots__ = ("session_id", "_write", "_detach", "_queue", "_bytes", "_waiter", "_closed", "_finished")
 
@@ -45,7 +47,7 @@ class LocalSessionChannel(SessionChannel):
         self._closed = False  # the caller stopped listening
         self._finished = False  # a terminal event was queued; nothing more is accepted
 
-    # --- producer side (the stdout reader; synchronous, never blocks) -----------------------
+    # --- producer side (the output reader; synchronous, never blocks) -----------------------
 
     def deliver(self, event: SessionEvent, size: int) -> bool:
         """Queue one event; True when the session is over (terminal event, or overflow)."""
@@ -85,7 +87,7 @@ class LocalSessionChannel(SessionChannel):
 
     # --- consumer side ----------------------------------------------------------------------
 
-    def __aiter__(self) -> LocalSessionChannel:
+    def __aiter__(self) -> QueueSessionChannel:
         return self
 
     async def __anext__(self) -> SessionEvent:

@@ -8,8 +8,8 @@ Modules, one job each:
 - ``commands``: run an install command under inactivity and hard deadlines;
 - ``envvars``: the allow-listed environments of plugins and of uv;
 - ``spawning``: start children in their own process group, dying with the daemon;
-- ``process``: one plugin process (pipes, session routing, exit);
-- ``sessions``: one session's channel;
+- ``process``: one plugin process (pipes, exit; sessions are routed by the core's
+  ``plugin_daemon.protocol.router``);
 - ``memory``: RSS of process trees;
 - ``supervisor``: one plugin's life (launch, ready, restart with backoff, crash-loop cap);
 - ``runtime``: :class:`LocalRuntime`, the :class:`plugin_daemon.runtime.Runtime` of it all.

@@ -1,6 +1,7 @@
 """One plugin process: spawn it, read its stdout and stderr, route sessions, watch its exit.
 
-One task reads stdout and routes every frame synchronously (no task per request or per frame);
+One task reads stdout and hands every line to a :class:`~plugin_daemon.protocol.router.SessionRouter`
+synchronously (no task per request or per frame);
 one task reads stderr into the log and a bounded tail; the exit watcher fails every session in
 flight at once when the process goes, with the exit code and the stderr tail, or with the
 reason the runtime gave when it killed the process on purpose.
@@ -17,20 +18,12 @@ from typing import Any
 
 import anyio
 from plugin_daemon.config import Settings
-from plugin_daemon.protocol.framing import LineReader, OversizeLine
-from plugin_daemon.protocol.messages import (
-    Heartbeat,
-    LogFrame,
-    ManifestEcho,
-    ProcessError,
-    SessionFrame,
-    Unreadable,
-    parse_output_line,
-)
-from plugin_daemon.runtime import PluginSpec, PluginUnavailable, SessionEvent
+from plugin_daemon.protocol.channels import QueueSessionChannel
+from plugin_daemon.protocol.framing import LineReader
+from plugin_daemon.protocol.router import SessionRouter
+from plugin_daemon.runtime import PluginSpec, PluginUnavailable
 
 from .commands import OutputTail
-from .sessions import LocalSessionChannel
 from .spawning import ReaderStream, signal_group, spawn
 
 #: Bytes of stderr kept for error messages.
@@ -43,16 +36,6 @@ DRAIN_GRACE = 1.0
 STDIN_WRITE_TIMEOUT = 30.0
 #: Above this many bytes waiting in the stdin pipe buffer, writers wait for it to drain.
 STDIN_HIGH_WATER = 1024 * 1024
-
-_LEVELS = {
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "CRITICAL": logging.CRITICAL,
-    "FATAL": logging.CRITICAL,
-}
 
 
 def describe_exit(code: int | None) -> str:
@@ -77,7 +60,9 @@ class PluginProcess:
         self.env = env
         self.max_line = settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE
         self.logger = logging.getLogger(f"plugin.{spec.plugin_id}")
-        self.sessions: dict[str, LocalSessionChannel] = {}
+        self.router = SessionRouter(
+            spec.plugin_id, self.write_line, max_line=self.max_line, logger=self.logger, on_heartbeat=self._heartbeat
+        )
         self.stderr_tail = OutputTail(STDERR_TAIL_BYTES)
         self.pid: int | None = None
         self.started_at = 0.0
@@ -151,13 +136,14 @@ class PluginProcess:
             + (f"; stderr tail:\n{tail}" if tail else "; it wrote nothing to stderr"),
         )
 
+    @property
+    def sessions(self) -> dict[str, QueueSessionChannel]:
+        """The sessions in flight."""
+        return self.router.sessions
+
     def _fail_sessions(self) -> None:
-        if not self.sessions:
-            return
-        error_type, message = self.exit_message()
-        sessions, self.sessions = self.sessions, {}
-        for channel in sessions.values():
-            channel.fail(error_type, message)
+        if self.router.sessions:
+            self.router.fail_all(*self.exit_message())
 
     def kill(self, error_type: str, message: str) -> None:
         """Kill the process group now; sessions in flight get ``error_type``/``message``."""
@@ -181,20 +167,8 @@ class PluginProcess:
 
     # --- sessions --------------------------------------------------------------------------
 
-    async def open_session(self, session_id: str, request_line: bytes) -> LocalSessionChannel:
-        if session_id in self.sessions:
-            raise ValueError(f"session {session_id} is already open")
-        channel = LocalSessionChannel(session_id, self.write_line, self._detach)
-        self.sessions[session_id] = channel
-        try:
-            await self.write_line(request_line)
-        except BaseException:
-            self.sessions.pop(session_id, None)
-            raise
-        return channel
-
-    def _detach(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+    async def open_session(self, session_id: str, request_line: bytes) -> QueueSessionChannel:
+        return await self.router.open_session(session_id, request_line)
 
     async def write_line(self, line: bytes) -> None:
         """Write one line (a newline is added) to stdin.
@@ -224,66 +198,19 @@ class PluginProcess:
     # --- readers ---------------------------------------------------------------------------
 
     async def _read_stdout(self) -> None:
-        logger = self.logger
         monotonic = time.monotonic
+        route = self.router.feed
         try:
             async for item in LineReader(ReaderStream(self._process.stdout), self.max_line):
                 self.last_activity = monotonic()
-                if isinstance(item, OversizeLine):
-                    self._oversize(item)
-                    continue
-                frame = parse_output_line(item)
-                if isinstance(frame, SessionFrame):
-                    self._route(frame, len(item))
-                elif isinstance(frame, Heartbeat):
-                    if self.ready_at is None:
-                        self.ready_at = monotonic()
-                        self.settled.set()
-                elif isinstance(frame, LogFrame):
-                    logger.log(_LEVELS.get(frame.level.upper(), logging.INFO), "%s", frame.message)
-                elif isinstance(frame, ProcessError):
-                    logger.warning("plugin error (session %s): %s", frame.session_id, frame.data)
-                elif isinstance(frame, ManifestEcho):
-                    logger.debug("plugin printed its manifest")
-                elif isinstance(frame, Unreadable):
-                    logger.warning("unreadable line on stdout: %s", frame.text)
-                else:
-                    logger.debug("ignored output %r", frame)
+                route(item)
         finally:
             self._stdout_done.set()
 
-    def _route(self, frame: SessionFrame, size: int) -> None:
-        session_id = frame.session_id
-        channel = self.sessions.get(session_id) if session_id is not None else None
-        if channel is None:
-            return  # after its end/error, or its caller closed it
-        if frame.kind is None:
-            del self.sessions[channel.session_id]
-            channel.fail(
-                "unknown_stream_message_type",
-                f"plugin {self.spec.plugin_id} sent a session message of unknown type {frame.type!r}",
-            )
-        elif channel.deliver(SessionEvent(frame.kind, frame.payload), size):
-            del self.sessions[channel.session_id]
-
-    def _oversize(self, item: OversizeLine) -> None:
-        channel = self.sessions.pop(item.session_id, None) if item.session_id else None
-        if channel is None:
-            self.logger.warning(
-                "dropped a %d-byte line over PLUGIN_RUNTIME_MAX_BUFFER_SIZE (%d bytes) for no open session (%s)",
-                item.size,
-                self.max_line,
-                item.session_id,
-            )
-            return
-        self.logger.warning("session %s: dropped a %d-byte message (over the limit)", item.session_id, item.size)
-        channel.fail(
-            "PluginFrameTooLarge",
-            f"plugin {self.spec.plugin_id} sent a {item.size}-byte message on session {item.session_id}, which "
-            f"exceeded PLUGIN_RUNTIME_MAX_BUFFER_SIZE ({self.max_line} bytes); the session was stopped, "
-            "the plugin keeps running",
-            {"size": item.size, "limit": self.max_line},
-        )
+    def _heartbeat(self) -> None:
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            self.settled.set()
 
     async def _read_stderr(self) -> None:
         stream = ReaderStream(self._process.stderr)

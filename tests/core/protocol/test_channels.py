@@ -1,12 +1,12 @@
-"""LocalSessionChannel on its own: ordering, terminal events, close, overflow policy."""
+"""QueueSessionChannel on its own: ordering, terminal events, close, overflow policy."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
+from plugin_daemon.protocol import channels
+from plugin_daemon.protocol.channels import QueueSessionChannel
 from plugin_daemon.runtime import EventKind, SessionEvent
-from plugin_daemon_local import sessions
-from plugin_daemon_local.sessions import LocalSessionChannel
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +29,7 @@ def stream(n: int) -> SessionEvent:
 
 async def test_events_in_order_until_end() -> None:
     recorder = Recorder()
-    channel = LocalSessionChannel("s", recorder.write, recorder.detach)
+    channel = QueueSessionChannel("s", recorder.write, recorder.detach)
     assert channel.deliver(stream(1), 10) is False
     assert channel.deliver(stream(2), 10) is False
     assert channel.deliver(SessionEvent(EventKind.END, {}), 10) is True
@@ -42,7 +42,7 @@ async def test_events_in_order_until_end() -> None:
 
 
 async def test_consumer_waits_for_the_producer() -> None:
-    channel = LocalSessionChannel("s", Recorder().write, Recorder().detach)
+    channel = QueueSessionChannel("s", Recorder().write, Recorder().detach)
     received: list[SessionEvent] = []
 
     async def consume() -> None:
@@ -62,7 +62,7 @@ async def test_consumer_waits_for_the_producer() -> None:
 
 
 async def test_error_ends_the_iteration() -> None:
-    channel = LocalSessionChannel("s", Recorder().write, Recorder().detach)
+    channel = QueueSessionChannel("s", Recorder().write, Recorder().detach)
     channel.deliver(SessionEvent(EventKind.ERROR, {"error_type": "ValueError"}), 5)
     channel.deliver(SessionEvent(EventKind.END, {}), 5)
     with anyio.fail_after(1):
@@ -71,7 +71,7 @@ async def test_error_ends_the_iteration() -> None:
 
 async def test_aclose_detaches_and_ends_a_waiting_consumer() -> None:
     recorder = Recorder()
-    channel = LocalSessionChannel("s", recorder.write, recorder.detach)
+    channel = QueueSessionChannel("s", recorder.write, recorder.detach)
     received: list[SessionEvent] = []
 
     async def consume() -> None:
@@ -87,8 +87,8 @@ async def test_aclose_detaches_and_ends_a_waiting_consumer() -> None:
 
 
 async def test_a_slow_consumer_fails_its_session_not_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions, "MAX_BUFFERED_BYTES", 1000)
-    channel = LocalSessionChannel("s", Recorder().write, Recorder().detach)
+    monkeypatch.setattr(channels, "MAX_BUFFERED_BYTES", 1000)
+    channel = QueueSessionChannel("s", Recorder().write, Recorder().detach)
     overflowed = False
     for n in range(200):  # the producer never blocks
         overflowed = channel.deliver(stream(n), 100)
