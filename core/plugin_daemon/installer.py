@@ -8,6 +8,7 @@ no-op that succeeds at once (idempotent by package checksum).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -43,6 +44,8 @@ def task_entity(row: InstallTaskRow) -> dict[str, Any]:
 class Installer:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        #: task rows are read, changed and written back; one writer at a time keeps every change
+        self._writing = threading.Lock()
 
     @property
     def db(self):  # noqa: ANN201
@@ -105,7 +108,7 @@ class Installer:
 
     # --- running ----------------------------------------------------------------------
     def _update(self, task_id: str, index: int | None = None, **changes: Any) -> None:
-        with self.db.transaction() as session:
+        with self._writing, self.db.transaction() as session:
             row = session.get(InstallTaskRow, task_id)
             if row is None:  # deleted by the caller meanwhile; the install itself goes on
                 return
