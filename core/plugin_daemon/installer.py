@@ -217,7 +217,7 @@ class Installer:
             session.execute(query)
 
     def delete_item(self, tenant_id: str, task_id: str, identifier: str) -> None:
-        with self.db.transaction() as session:
+        with self._writing, self.db.transaction() as session:
             row = session.get(InstallTaskRow, task_id)
             if row is None or row.tenant_id != tenant_id:
                 return
