@@ -44,6 +44,10 @@ class Target:
     #: a runtime whose plugin cannot come back after dying on its own (e.g. a debug plugin that
     #: exited) sets this False; the crash test then only checks the immediate error
     recovers_after_crash: bool = True
+    #: a transport where the SDK queues frames inside the process (serverless: HTTP answers are
+    #: written by another greenlet) loses the frame a plugin yields just before ``os._exit``; it
+    #: sets this False and the crash test then checks the error and the recovery only
+    flushes_before_crash: bool = True
 
 
 def sse(response: httpx.Response) -> list[dict[str, Any]]:
@@ -173,7 +177,8 @@ def test_plugin_dying_mid_request_fails_at_once(conformance: Target) -> None:
     started = time.monotonic()
     events = call_tool(conformance, "crash")
     elapsed = time.monotonic() - started
-    assert events[0]["data"]["message"] == {"text": "dying"}
+    if conformance.flushes_before_crash:
+        assert events[0]["data"]["message"] == {"text": "dying"}
     assert events[-1]["code"] != 0
     assert elapsed < 30, f"the error took {elapsed:.1f} s to arrive"
     if conformance.recovers_after_crash:

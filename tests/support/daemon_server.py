@@ -27,9 +27,11 @@ def free_port() -> int:
 class DaemonServer:
     """A daemon serving HTTP on 127.0.0.1; ``client`` speaks to it with the server key."""
 
-    def __init__(self, settings: Settings, extensions: ExtensionManager | None = None) -> None:
+    def __init__(
+        self, settings: Settings, extensions: ExtensionManager | None = None, *, port: int | None = None
+    ) -> None:
         self.settings = settings
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.daemon = Daemon(settings, extensions)
         config = uvicorn.Config(
@@ -59,8 +61,10 @@ class DaemonServer:
 
 
 @contextmanager
-def running_daemon(settings: Settings, extensions: ExtensionManager | None = None) -> Iterator[DaemonServer]:
-    server = DaemonServer(settings, extensions).start()
+def running_daemon(
+    settings: Settings, extensions: ExtensionManager | None = None, *, port: int | None = None
+) -> Iterator[DaemonServer]:
+    server = DaemonServer(settings, extensions, port=port).start()
     try:
         yield server
     finally:

@@ -79,8 +79,11 @@ class ProxiedCall:
                     started = True
                     async for chunk in response.aiter_raw():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except httpx.HTTPError as exc:
+                except httpx.HTTPError as exc:  # the function died mid-answer: say so, as a cloud error line
                     log.warning("function %s broke off a call: %r", self.function.entry.name, exc)
+                    line = orjson.dumps({"errorType": "Runtime.ExitError", "errorMessage": await self._why(exc)})
+                    with contextlib.suppress(Exception):
+                        await send({"type": "http.response.body", "body": b"\n" + line + b"\n\n", "more_body": True})
                 finally:
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
@@ -92,14 +95,14 @@ class ProxiedCall:
         finally:
             self.function.release()
 
-    async def _exited(self, exc: Exception) -> Response:
+    async def _why(self, exc: Exception) -> str:
         code = await self.function.exit_code(EXIT_WAIT)
         how = f"exited with code {code}" if code is not None else f"broke the connection ({exc!r})"
         output = self.function.output()
-        message = f"the function {how} while handling the call" + (
-            f"; its output ends with:\n{output}" if output else ""
-        )
-        return _error(502, message, "Runtime.ExitError")
+        return f"the function {how} while handling the call" + (f"; its output ends with:\n{output}" if output else "")
+
+    async def _exited(self, exc: Exception) -> Response:
+        return _error(502, await self._why(exc), "Runtime.ExitError")
 
 
 class Front:

@@ -11,12 +11,14 @@ import logging
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx
 from plugin_daemon.config import Settings
+from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon_local.commands import OutputTail
 from plugin_daemon_local.environment import PluginLayout
 from plugin_daemon_local.envvars import plugin_environment
@@ -31,6 +33,8 @@ STOP_GRACE = 3.0
 OUTPUT_TAIL_BYTES = 8192
 #: Deadline of one health probe during a cold start.
 PROBE_TIMEOUT = 1.0
+#: Output that marks a failed start (the SDK's server thread can outlive a crashed main thread).
+TRACEBACK = b"Traceback (most recent call last)"
 
 StartSoon = Callable[..., None]
 
@@ -65,6 +69,7 @@ class LocalFunction:
         self.base_url = ""
         self.in_flight = 0
         self.last_used = time.monotonic()
+        self.calls = 0
         self.cold_starts = 0
         self.exits = 0
         self.tail = OutputTail(OUTPUT_TAIL_BYTES)
@@ -88,6 +93,7 @@ class LocalFunction:
             "pid": self.process.pid if self.running else None,
             "in_flight": self.in_flight,
             "idle_seconds": round(time.monotonic() - self.last_used, 3),
+            "calls": self.calls,
             "cold_starts": self.cold_starts,
             "exits": self.exits,
         }
@@ -97,6 +103,7 @@ class LocalFunction:
     async def acquire(self) -> str:
         """The base URL of a running process (started if needed); pair with :meth:`release`."""
         self.in_flight += 1
+        self.calls += 1
         try:
             async with self._lock:
                 if not self.running:
@@ -134,6 +141,7 @@ class LocalFunction:
         entrypoint = str(runner.get("entrypoint") or "main")
         for attempt in (1, 2):
             port = free_port()
+            self.base_url = ""
             self.tail = OutputTail(OUTPUT_TAIL_BYTES)
             started = time.monotonic()
             process = await spawn(
@@ -143,12 +151,12 @@ class LocalFunction:
                 merge_stderr=True,
             )
             self.process = self._last = process
-            exited = anyio.Event()
-            self.start_soon(self._pump, process)
-            self.start_soon(self._watch, process, exited)
+            trouble = anyio.Event()  # the process exited, or printed a traceback, during the start
+            self.start_soon(self._pump, process, trouble)
+            self.start_soon(self._watch, process, trouble)
             base_url = f"http://127.0.0.1:{port}"
             try:
-                await self._wait_healthy(base_url, exited)
+                await self._until_ready(base_url, trouble)
             except FunctionStartError:
                 await self._kill(process)
                 if attempt == 1 and "Address already in use" in self.tail.text():
@@ -165,31 +173,66 @@ class LocalFunction:
             )
             return
 
-    async def _wait_healthy(self, base_url: str, exited: anyio.Event) -> None:
-        deadline = time.monotonic() + self.options.start_timeout
+    async def _until_ready(self, base_url: str, trouble: anyio.Event) -> None:
+        """``/health`` answers, then a no-op request comes back with ``end`` (the request loop runs)."""
+        timeout = self.options.start_timeout
+        ready = False
+        refused: Exception | None = None
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as group:
+
+                async def stop_on_trouble() -> None:
+                    await trouble.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stop_on_trouble)
+                try:
+                    await self._until_healthy(base_url)
+                    await self._probe(base_url)
+                    ready = True
+                except (FunctionStartError, httpx.HTTPError) as exc:
+                    refused = exc
+                group.cancel_scope.cancel()
+        if ready:
+            return
+        if refused is not None and not trouble.is_set():
+            raise FunctionStartError(
+                f"function {self.entry.name} failed its cold start: {refused}\n{self.output(2000)}"
+            )
+        if trouble.is_set():
+            code = self.process.returncode if self.process is not None else None
+            how = f"exited (code {code})" if code is not None else "failed"
+            raise FunctionStartError(f"function {self.entry.name} {how} during its cold start:\n{self.output(2000)}")
+        raise FunctionStartError(
+            f"function {self.entry.name} was not ready within {timeout:g} s (--start-timeout):\n{self.output(2000)}"
+        )
+
+    async def _until_healthy(self, base_url: str) -> None:
         interval = 0.02
         while True:
-            if exited.is_set():
-                code = self.process.returncode if self.process is not None else None
-                raise FunctionStartError(
-                    f"function {self.entry.name} exited during its cold start (code {code}):\n{self.tail.text(2000)}"
-                )
             try:
                 response = await self.client.get(f"{base_url}/health", timeout=PROBE_TIMEOUT)
                 if response.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
-                raise FunctionStartError(
-                    f"function {self.entry.name} did not answer /health within {self.options.start_timeout:g} s:\n"
-                    f"{self.tail.text(2000)}"
-                )
-            with anyio.move_on_after(interval):
-                await exited.wait()
+            await anyio.sleep(interval)  # polling a port that is not open yet; the caller holds the deadline
             interval = min(interval * 1.5, 0.25)
 
-    async def _pump(self, process: Any) -> None:
+    async def _probe(self, base_url: str) -> None:
+        """An action no plugin has: the SDK answers it with just ``end`` once its request loop runs."""
+        session_id = f"readiness-probe-{uuid.uuid4().hex}"
+        body = encode_request(session_id, {"user_id": "", "type": "tool", "action": "readiness_probe"})
+        headers = {"Content-Type": "application/json"}
+        async with self.client.stream("POST", f"{base_url}/invoke", content=body, headers=headers) as response:
+            if response.status_code != 200:
+                raise FunctionStartError(f"the readiness probe got HTTP {response.status_code}")
+            async for line in response.aiter_lines():
+                if session_id in line and '"end"' in line:
+                    return
+        raise FunctionStartError("the readiness probe got no end frame")
+
+    async def _pump(self, process: Any, trouble: anyio.Event) -> None:
         stream = ReaderStream(process.stdout)
         while True:
             try:
@@ -197,18 +240,18 @@ class LocalFunction:
             except anyio.EndOfStream:
                 return
             self.tail.add(chunk)
+            if TRACEBACK in chunk and self.base_url == "":
+                trouble.set()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("function %s: %s", self.entry.name, chunk.decode("utf-8", "replace").rstrip())
 
-    async def _watch(self, process: Any, exited: anyio.Event) -> None:
+    async def _watch(self, process: Any, trouble: anyio.Event) -> None:
         code = await process.wait()
-        exited.set()
+        trouble.set()
         if self._stopping is process:
             return
         self.exits += 1
-        log.warning(
-            "function %s (pid %d) exited with code %s:\n%s", self.entry.name, process.pid, code, self.tail.text(1000)
-        )
+        log.warning("function %s (pid %d) exited with code %s\n%s", self.entry.name, process.pid, code, self.output())
 
     async def exit_code(self, timeout: float) -> int | None:
         """The newest process's exit code, waiting up to ``timeout`` for it to exit."""

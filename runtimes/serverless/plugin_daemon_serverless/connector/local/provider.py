@@ -83,6 +83,7 @@ class LocalProvider(Provider):
         self.deployments: dict[str, Deployment] = {}  # by filename
         self.faults: dict[str, list[int]] = {}
         self.launches = 0
+        self.lookups = 0
         #: seconds a function may stay idle before it is stopped (changeable while running)
         self.idle_timeout = options.idle_timeout
         self.client = httpx.AsyncClient(
@@ -133,6 +134,7 @@ class LocalProvider(Provider):
     # --- the SRI --------------------------------------------------------------------------------
 
     async def find(self, filename: str) -> FunctionInfo | None:
+        self.lookups += 1
         entry = self.registry.entries.get(filename)
         if entry is None:
             return None
@@ -280,6 +282,7 @@ class LocalProvider(Provider):
             "daemon_url": self.options.daemon_url,
             "idle_timeout": self.idle_timeout,
             "launches": self.launches,
+            "lookups": self.lookups,
             "functions": {name: function.describe() for name, function in self.functions.items()},
         }
 
