@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     PLUGIN_REMOTE_INSTALLING_PORT: int = 5003
     PLUGIN_REMOTE_INSTALLING_MAX_CONN: int = 256
     PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN: int = 5
+    #: seconds a connecting plugin has to send its whole registration (key, declarations, assets)
+    PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT: float = 10.0
+    #: seconds of silence after which a debugging connection is closed
+    PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT: float = 60.0
+    #: seconds a debugging key lives after it was last issued or used
+    PLUGIN_REMOTE_INSTALLING_KEY_TTL: int = 2 * 60 * 60
+    #: base64 bytes of assets one registration may carry
+    PLUGIN_REMOTE_INSTALLING_MAX_ASSETS_SIZE: int = 50 * MiB
+    #: invalid keys one address may try per window before all its attempts are refused
+    PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS: int = 10
+    PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW: float = 60.0
 
     # --- serverless runtime ------------------------------------------------------------
     DIFY_PLUGIN_SERVERLESS_CONNECTOR_URL: str = ""
@@ -189,4 +200,3 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment and ``.env``, with explicit overrides on top."""
     return Settings(**overrides)  # type: ignore[arg-type]
-

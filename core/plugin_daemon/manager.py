@@ -334,6 +334,15 @@ class PluginManager:
                 query = query.where(InstallationRow.runtime_type == runtime_type)
             return list(session.scalars(query))
 
+    def installations_of_runtime(self, runtime_type: str) -> list[Installation]:
+        """Every tenant's installations of one runtime type."""
+        with self.db.transaction() as session:
+            rows = session.scalars(select(InstallationRow).where(InstallationRow.runtime_type == runtime_type))
+            return [
+                Installation(row.id, row.tenant_id, row.plugin_id, row.plugin_unique_identifier, row.runtime_type)
+                for row in rows
+            ]
+
     # --- listings for the Dify API ------------------------------------------------------
     def _declarations(self, session: Any, identifiers: set[str]) -> dict[str, PluginDeclarationRow]:
         if not identifiers:
@@ -470,8 +479,9 @@ class PluginManager:
         return [
             row.plugin_id
             for row in rows
-            if (declarations.get(row.plugin_unique_identifier) or PluginDeclarationRow(declaration={}))
-            .declaration.get("category")
+            if (declarations.get(row.plugin_unique_identifier) or PluginDeclarationRow(declaration={})).declaration.get(
+                "category"
+            )
             == category
         ]
 

@@ -7,9 +7,10 @@ identifier ``author/name:version@checksum``; an optional RSA signature in the zi
 
 from __future__ import annotations
 
+from .assets import remap_icons
 from .build import build_package
 from .checksum import package_checksum
-from .declaration import plugin_category
+from .declaration import PROVIDER_KEYS, declaration_from_parts, plugin_category
 from .decode import DecodedPackage, decode_package
 from .errors import PackageError
 from .extract import safe_extract
@@ -17,13 +18,16 @@ from .identity import PluginIdentifier
 from .signature import sign_package
 
 __all__ = [
+    "PROVIDER_KEYS",
     "DecodedPackage",
     "PackageError",
     "PluginIdentifier",
     "build_package",
+    "declaration_from_parts",
     "decode_package",
     "package_checksum",
     "plugin_category",
+    "remap_icons",
     "safe_extract",
     "sign_package",
 ]

@@ -61,6 +61,61 @@ def build_declaration(files: Mapping[str, bytes]) -> dict[str, Any]:
     return to_json(declaration)
 
 
+#: The declaration's provider keys, in the manifest's order.
+PROVIDER_KEYS = tuple(singular for singular, _ in _PROVIDERS.values())
+# What a provider sent already expanded must hold: its name field (None: any mapping).
+_NAME_FIELDS = {
+    "tool": "identity",
+    "model": "provider",
+    "endpoint": None,
+    "agent_strategy": "identity",
+    "datasource": "identity",
+    "trigger": "identity",
+}
+
+
+def declaration_from_parts(manifest: Any, provider_declarations: Mapping[str, Any]) -> dict[str, Any]:
+    """A declaration from a manifest mapping and already expanded providers, not from a zip.
+
+    A plugin connecting in debug mode sends these (the manifest as a JSON object and one
+    provider per key of :data:`PROVIDER_KEYS`). The manifest gets the same checks as a package's
+    ``manifest.yaml``; each provider must be a mapping naming itself. Icons are not remapped here
+    (see :func:`plugin_daemon.packages.remap_icons`). Raises PackageError.
+    """
+    parsed = parse_manifest(manifest)
+    _check_combination(parsed)
+    expanded: dict[str, Any] = {}
+    for key in PROVIDER_KEYS:
+        provider = provider_declarations.get(key)
+        if provider is not None:
+            _check_provider(key, provider)
+        expanded[key] = provider
+    declaration = _top_level(parsed) | {"verified": False} | to_json(expanded)
+    for key, name_field in _NAME_FIELDS.items():
+        if (
+            name_field == "identity"
+            and declaration[key] is not None
+            and declaration[key]["identity"].get("tags") is None
+        ):
+            declaration[key]["identity"]["tags"] = []
+    _fill_defaults(declaration)
+    declaration["category"] = plugin_category(declaration)
+    return to_json(declaration)
+
+
+def _check_provider(key: str, provider: Any) -> None:
+    where = f"{key} declaration"
+    if not isinstance(provider, dict):
+        raise PackageError(f"{where}: expected a mapping of fields, got {type(provider).__name__}")
+    name_field = _NAME_FIELDS[key]
+    if name_field == "identity":
+        identity = provider.get("identity")
+        if not isinstance(identity, dict) or not isinstance(identity.get("name"), str) or not identity["name"]:
+            raise PackageError(f"{where}: field 'identity.name' is required")
+    elif name_field is not None and (not isinstance(provider.get(name_field), str) or not provider[name_field]):
+        raise PackageError(f"{where}: field '{name_field}' is required")
+
+
 def _check_combination(manifest: Manifest) -> None:
     declared = [name for name in PROVIDER_LISTS if getattr(manifest.plugins, name)]
     if not declared:

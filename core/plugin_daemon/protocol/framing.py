@@ -28,6 +28,15 @@ READ_CHUNK = 256 * 1024
 _SESSION_ID = re.compile(rb'"session_id"\s*:\s*"([^"\\]{1,256})"')
 
 
+class LineTooLong(Exception):
+    """Raised by a :attr:`LineReader.strict` reader as soon as a line passes the limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a line of more than {limit} bytes ({size} bytes seen)")
+        self.size = size
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class OversizeLine:
     """A line over the limit was dropped. ``size`` counts the bytes seen (without the newline)."""
@@ -46,14 +55,17 @@ class LineReader:
     """Async iterator of lines (``bytes`` without ``\\n`` or a trailing ``\\r``) or :class:`OversizeLine`.
 
     Ends when the stream ends (a last unterminated line is still yielded). Errors of the
-    underlying stream other than end-of-stream propagate.
+    underlying stream other than end-of-stream propagate. While :attr:`strict` is true, a line
+    over the limit raises :class:`LineTooLong` as soon as the limit is passed instead (for a peer
+    that has not proved who it is yet); the reader is not usable after that.
     """
 
-    __slots__ = ("_stream", "max_size", "_ready", "_parts", "_part_len", "_discarding", "_head", "_eof")
+    __slots__ = ("_stream", "max_size", "strict", "_ready", "_parts", "_part_len", "_discarding", "_head", "_eof")
 
-    def __init__(self, stream: ByteReceiveStream, max_size: int) -> None:
+    def __init__(self, stream: ByteReceiveStream, max_size: int, *, strict: bool = False) -> None:
         self._stream = stream
         self.max_size = max_size
+        self.strict = strict
         self._ready: deque[bytes | OversizeLine] = deque()
         self._parts: list[bytes] = []  # pieces of the line being received
         self._part_len = 0
@@ -98,6 +110,8 @@ class LineReader:
         self._parts.append(piece)
         self._part_len += len(piece)
         if self._part_len > self.max_size:
+            if self.strict:
+                raise LineTooLong(self._part_len, self.max_size)
             # Keep only what finds the session id, drop the rest as it comes.
             self._head = b"".join(self._parts)[:SESSION_ID_PROBE_BYTES]
             self._parts = []
@@ -115,6 +129,8 @@ class LineReader:
 
     def _complete(self, line: bytes) -> None:
         if len(line) > self.max_size:
+            if self.strict:
+                raise LineTooLong(len(line), self.max_size)
             self._ready.append(OversizeLine(len(line), find_session_id(line[:SESSION_ID_PROBE_BYTES])))
             return
         if line.endswith(b"\r"):

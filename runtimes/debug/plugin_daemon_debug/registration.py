@@ -1,5 +1,24 @@
-"""Entry point of the debug runtime (group ``plugin_daemon``).
+"""Registers the debug runtime with plugin-daemon (entry point ``plugin_daemon: debug``).
 
-The runtime itself is not built yet: this module registers nothing, so the daemon lists the
-extension as loaded but offers no ``debug`` runtime.
+The runtime's name is ``remote``, the installation ``runtime_type`` the Go daemon uses for
+debugging plugins; its routes are the debugging key, logs and traces under the tenant.
 """
+
+from __future__ import annotations
+
+from plugin_daemon.hookspecs import RegisterRoute, RegisterRuntime, hookimpl
+
+
+@hookimpl
+def plugin_daemon_register_runtimes(register: RegisterRuntime) -> None:
+    from .runtime import DebugRuntime
+
+    register(DebugRuntime.name, DebugRuntime)
+
+
+@hookimpl
+def plugin_daemon_register_routes(register: RegisterRoute) -> None:
+    from .routes import routes
+
+    for route in routes():
+        register(route)
