@@ -15,7 +15,7 @@ from plugin_daemon import __version__
 from plugin_daemon.config import Settings, load_settings
 from plugin_daemon.plugins import load_extensions
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 KEY_FILE = "server_key"
 
 
@@ -126,6 +126,62 @@ def package(folder: Path, output: Path | None) -> None:
     target.write_bytes(data)
     console.print(f"wrote {target} ({len(data)} bytes); its unique identifier:", soft_wrap=True)
     click.echo(str(identifier))  # alone on stdout, for scripts
+
+
+@cli.command()
+@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", required=True, help="The Dify tenant (workspace) id to install for.")
+@click.option("--url", default=None, help="The daemon's URL (default http://SERVER_HOST:SERVER_PORT).")
+@click.option("--key", default=None, help="The daemon's SERVER_KEY (default: from the environment or data folder).")
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds to wait for the install.")
+def install(package_file: Path, tenant: str, url: str | None, key: str | None, timeout: float) -> None:
+    """Upload PACKAGE_FILE to a running daemon and install it for a tenant, showing progress."""
+    import time
+
+    import httpx
+
+    settings = load_settings()
+    if key is None:
+        key_path = settings.home / KEY_FILE
+        key = settings.SERVER_KEY or (key_path.read_text().strip() if key_path.is_file() else "")
+    base = url or f"http://{settings.SERVER_HOST}:{settings.SERVER_PORT}"
+    with httpx.Client(base_url=base, headers={"X-Api-Key": key}, timeout=120) as client:
+
+        def data_of(response: httpx.Response) -> object:
+            body = response.json()
+            if body.get("code") != 0:
+                raise click.ClickException(str(body.get("message")))
+            return body["data"]
+
+        with console.status(f"uploading {package_file.name}..."):
+            decoded = data_of(
+                client.post(
+                    f"/plugin/{tenant}/management/install/upload/package",
+                    files={"dify_pkg": (package_file.name, package_file.read_bytes(), "application/octet-stream")},
+                )
+            )
+        identifier = decoded["unique_identifier"]  # type: ignore[index]
+        started = data_of(
+            client.post(
+                f"/plugin/{tenant}/management/install/identifiers",
+                json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+            )
+        )
+        task_id = started["task_id"]  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        with console.status(f"installing {identifier}...") as status:
+            while True:
+                task = data_of(client.get(f"/plugin/{tenant}/management/install/tasks/{task_id}"))
+                plugin = task["plugins"][0]  # type: ignore[index]
+                status.update(f"installing {identifier}: {plugin['message']}")
+                if task["status"] in ("success", "failed"):  # type: ignore[index]
+                    break
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"the install did not finish within {timeout:g} s")
+                time.sleep(0.5)
+    if task["status"] == "failed":  # type: ignore[index]
+        raise click.ClickException(f"install failed: {plugin['message']}")
+    console.print(f"installed {identifier} for tenant {tenant}")
 
 
 @cli.command()

@@ -114,3 +114,31 @@ def test_serve_refuses_a_public_default_key(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "publicly known" in result.stdout + result.stderr
+
+
+def test_install_uploads_and_follows_the_task(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import TEST_KEY
+    from tests.support.daemon_server import running_daemon
+
+    package = tmp_path / "echo.difypkg"
+    assert CliRunner().invoke(cli, ["package", str(ECHO_TOOL), "-o", str(package)]).exit_code == 0
+    with running_daemon(make_settings(PLATFORM="memory")) as server:
+        arguments = ["install", str(package), "--tenant", "t1", "--url", server.url, "--key", TEST_KEY]
+        result = CliRunner().invoke(cli, arguments)
+        assert result.exit_code == 0, result.output
+        assert "installed tester/echo_tool" in result.output
+        listing = server.client.get("/plugin/t1/management/list", params={"page": 1, "page_size": 5}).json()
+        assert listing["data"]["total"] == 1
+
+        identifier = listing["data"]["list"][0]["plugin_unique_identifier"]
+        wrong_key = CliRunner().invoke(
+            cli, ["install", str(package), "--tenant", "t2", "--url", server.url, "--key", "no"]
+        )
+        assert wrong_key.exit_code != 0 and "unauthorized" in wrong_key.output
+
+        server.daemon.control_panel.runtime("memory").failing[identifier] = "no room left"
+        failed = CliRunner().invoke(
+            cli, ["install", str(package), "--tenant", "t2", "--url", server.url, "--key", TEST_KEY]
+        )
+        assert failed.exit_code != 0
+        assert "install failed: no room left" in failed.output
