@@ -6,6 +6,7 @@ import io
 import re
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,8 +38,10 @@ def read_archive(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: 
         raise PackageError(f"package is {len(data)} bytes, over the limit of {max_size} bytes")
     try:
         archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
         raise PackageError("package is not a zip archive") from None
+    except (zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise PackageError(f"package is a zip archive of a kind that cannot be read ({exc})") from None
     with archive:
         infos = archive.infolist()
         if len(infos) > max_entries:
@@ -126,7 +129,7 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, budg
                 chunks.append(chunk)
     except PackageError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # Python's reader stops at the declared size, so a header that lies shows up as a bad CRC here.
         raise PackageError(f"zip entry {name!r} is corrupt or its header lies about its size ({exc})") from None
     if size != info.file_size:

@@ -47,6 +47,8 @@ def remap_icons(declaration: dict[str, Any], assets: Mapping[str, bytes]) -> dic
     if model:
         for key in _MODEL_ICONS:
             icon = model.get(key)
+            if icon is not None and not isinstance(icon, dict):
+                raise PackageError(f"model provider field '{key}' must map languages to file names, got {icon!r}")
             if isinstance(icon, dict):
                 for language in _LANGUAGES:
                     if icon.get(language):

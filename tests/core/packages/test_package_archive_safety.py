@@ -152,3 +152,13 @@ def test_unsupported_compression_is_refused() -> None:
 def test_encrypted_entry_is_refused() -> None:
     data = patch_headers(with_entry("data/x.bin", b"abc"), "data/x.bin", flags=0x1)
     assert decode_error(data) == "zip entry 'data/x.bin' is encrypted"
+
+
+def test_corrupt_compressed_data_is_reported() -> None:
+    data = bytearray(with_entry("data/text.txt", b"hello " * 1000))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("data/text.txt")
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_length + extra_length] = 0xFF  # deflate block type 3: invalid
+    message = decode_error(bytes(data))
+    assert message.startswith("zip entry 'data/text.txt' is corrupt or its header lies about its size")

@@ -386,3 +386,9 @@ def test_scalars_in_text_fields_become_text_as_in_go() -> None:
     assert more["label"] == {"en_US": "2024"}
     assert [option["value"] for option in more["options"]] == ["0", "false", "1.50"]
     assert more["default"] == 0  # `any` in Go: stays a number
+
+
+def test_model_provider_icon_must_be_i18n() -> None:
+    files = model_plugin()
+    files["provider/mock.yaml"] = to_yaml(changed(MODEL_PROVIDER, icon_small="icon.svg"))
+    assert decode_error(files) == "model provider field 'icon_small' must map languages to file names, got 'icon.svg'"
