@@ -242,3 +242,18 @@ def test_identifier_parse_and_print() -> None:
 def test_identifier_parse_rejects_malformed_text(text: str) -> None:
     with pytest.raises(PackageError, match="is not of the form author/name:version@checksum"):
         PluginIdentifier.parse(text)
+
+
+def test_declaration_from_parts_matches_a_decoded_package() -> None:
+    """The debug runtime builds declarations from a manifest and expanded providers; same shape."""
+    from plugin_daemon.packages import declaration_from_parts
+
+    decoded = decode_package(zip_files(tool_plugin())).declaration
+    tool = {**decoded["tool"], "identity": {**decoded["tool"]["identity"], "icon": "icon.svg"}}
+    built = declaration_from_parts(MANIFEST, {"tool": tool})
+    assert built == {**decoded, "icon": "icon.svg", "tool": tool}
+
+    with pytest.raises(PackageError, match="tool declaration: field 'identity.name' is required"):
+        declaration_from_parts(MANIFEST, {"tool": {"identity": {}}})
+    with pytest.raises(PackageError, match="manifest.yaml: field 'version' must look like 1.2.3"):
+        declaration_from_parts(changed(MANIFEST, version="x"), {"tool": tool})
