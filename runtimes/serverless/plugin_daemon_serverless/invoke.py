@@ -263,6 +263,8 @@ class FunctionChannel(SessionChannel):
 
 
 async def _read_some(response: httpx.Response, limit: int) -> str:
+    if response.is_stream_consumed:  # already read (a body given whole)
+        return response.content[:limit].decode("utf-8", "replace").strip()
     data = bytearray()
     try:
         with anyio.move_on_after(5):

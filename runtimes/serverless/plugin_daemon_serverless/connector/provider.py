@@ -67,7 +67,7 @@ class Provider(ABC):
 
 def load_provider(name: str, options: ConnectorOptions) -> Provider:
     """The provider driver ``name``, built with ``options``."""
-    manager = driver.DriverManager(
+    manager: driver.DriverManager[Provider] = driver.DriverManager(
         namespace=NAMESPACE, name=name, invoke_on_load=True, invoke_args=(options,), on_load_failure_callback=_raise
     )
     provider = manager.driver
@@ -76,7 +76,7 @@ def load_provider(name: str, options: ConnectorOptions) -> Provider:
     return provider
 
 
-def _raise(manager: Any, entry_point: Any, exc: Exception) -> None:
+def _raise(manager: Any, entry_point: Any, exc: BaseException) -> None:
     raise exc
 
 

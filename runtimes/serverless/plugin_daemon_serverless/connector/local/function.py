@@ -36,7 +36,7 @@ PROBE_TIMEOUT = 1.0
 #: Output that marks a failed start (the SDK's server thread can outlive a crashed main thread).
 TRACEBACK = b"Traceback (most recent call last)"
 
-StartSoon = Callable[..., None]
+StartSoon = Callable[..., Any]
 
 
 class FunctionStartError(Exception):
@@ -200,12 +200,22 @@ class LocalFunction:
                 f"function {self.entry.name} failed its cold start: {refused}\n{self.output(2000)}"
             )
         if trouble.is_set():
+            await self._output_settles()
             code = self.process.returncode if self.process is not None else None
             how = f"exited (code {code})" if code is not None else "failed"
             raise FunctionStartError(f"function {self.entry.name} {how} during its cold start:\n{self.output(2000)}")
         raise FunctionStartError(
             f"function {self.entry.name} was not ready within {timeout:g} s (--start-timeout):\n{self.output(2000)}"
         )
+
+    async def _output_settles(self, quiet: float = 0.2, limit: float = 2.0) -> None:
+        """Let a traceback being printed finish (no new output for ``quiet`` s, at most ``limit`` s)."""
+        with anyio.move_on_after(limit):
+            while True:
+                seen = self.tail.total
+                await anyio.sleep(quiet)
+                if self.tail.total == seen:
+                    return
 
     async def _until_healthy(self, base_url: str) -> None:
         interval = 0.02
