@@ -39,6 +39,7 @@ class DebugConnection:
         address: str,
         *,
         heartbeat_timeout: float,
+        accepted_at: float | None = None,
         on_note: NoteListener | None = None,
     ) -> None:
         self.stream = stream
@@ -47,7 +48,10 @@ class DebugConnection:
         self.address = address
         self.heartbeat_timeout = heartbeat_timeout
         self.connected_at = time.time()
-        self.registered_in: float | None = None  # seconds from accept to installed
+        #: ``time.monotonic()`` at accept
+        self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
+        #: seconds from accept to installed (None until it is)
+        self.registered_in: float | None = None
         self.last_activity = time.monotonic()
         self.heartbeats = 0
         #: why the connection ended (None while it is open)

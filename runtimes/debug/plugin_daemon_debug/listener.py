@@ -130,6 +130,7 @@ class DebugListener:
             plugin,
             address,
             heartbeat_timeout=settings.PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT,
+            accepted_at=accepted,
             on_note=lambda level, message: runtime.logs.add(
                 plugin.tenant_id, plugin.plugin_id, level, message, "plugin"
             ),
@@ -140,7 +141,6 @@ class DebugListener:
             runtime.note(plugin.tenant_id, plugin.plugin_id, logging.WARNING, f"refused: {exc.line}")
             await self._refuse(stream, address, exc.line)
             return None
-        connection.registered_in = time.monotonic() - accepted
         return connection
 
     async def _refuse(self, stream: SocketStream, address: str, line: str) -> None:

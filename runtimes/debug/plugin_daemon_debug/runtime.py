@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -130,6 +131,7 @@ class DebugRuntime(Runtime):
             connection.on_closed(self._unroute)
             try:
                 await anyio.to_thread.run_sync(self._install, plugin)
+                connection.registered_in = time.monotonic() - connection.accepted_at
             except Exception as exc:
                 self._unroute(connection)
                 self._forget(connection)
@@ -253,11 +255,13 @@ class DebugRuntime(Runtime):
     # --- introspection --------------------------------------------------------------------------
 
     def connections(self, tenant_id: str | None = None) -> list[DebugConnection]:
+        """Registered connections (of one tenant), oldest first per plugin."""
         return [
             connection
             for (tenant, _), connections in self._by_plugin.items()
             if tenant_id is None or tenant == tenant_id
             for connection in connections
+            if connection.registered_in is not None
         ]
 
     def health(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ after its reconnects fail the SDK never exits and spins at 100% CPU, so a test m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -119,10 +120,8 @@ class SdkPlugin:
         if proc is None:
             return
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait(timeout=10)
 
     def output(self) -> str:
