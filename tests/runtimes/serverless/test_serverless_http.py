@@ -332,3 +332,45 @@ def test_local_and_serverless_installations_side_by_side(server: DaemonServer, c
     echo = call_tool(target, "echo", {"text": "local"}, plugin_id="tester/noperm_tool", provider="noperm_tool")
     assert items_of(echo)[0]["message"] == {"text": "local"}
     assert items_of(call_tool(target, "echo", {"text": "remote"}))[0]["message"] == {"text": "remote"}
+
+
+def _llm_frame(session_id: str) -> bytes:
+    request = {"provider": "openai", "model": "gpt", "model_type": "llm", "prompt_messages": [], "stream": True}
+    frame = {
+        "event": "session",
+        "session_id": session_id,
+        "data": {"type": "invoke", "data": {"type": "llm", "backwards_request_id": "r-llm", "request": request}},
+    }
+    return json.dumps(frame).encode() + b"\n\n"
+
+
+def test_slow_backwards_call_gets_heartbeats_then_its_answer_or_a_deadline(
+    server: DaemonServer, inner_api: DifyInnerAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugin_daemon_serverless.transaction as transaction
+
+    monkeypatch.setattr(transaction, "HEARTBEAT_INTERVAL", 0.05)
+    session = _session(server, "serverless")
+    session.declaration = {"resource": {"permission": {"model": {"enabled": True, "llm": True}}}}
+    headers = {"Dify-Plugin-Session-ID": session.id}
+    url = f"{server.url}/backwards-invocation/transaction"
+    try:
+        inner_api.reset()
+        inner_api.behave("invoke/llm", stall=0.5)
+        body = httpx.post(url, headers=headers, content=_llm_frame(session.id), timeout=30).content
+        assert body.startswith(b"\n\n")  # heartbeats while Dify thinks
+        lines = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+        assert [line["data"]["event"] for line in lines][-1] == "end"
+        assert "".join(line["data"]["data"]["delta"]["message"]["content"] for line in lines[:-1])
+
+        inner_api.behave("invoke/llm", stall=10)
+        monkeypatch.setattr(server.settings, "MAX_SERVERLESS_TRANSACTION_TIMEOUT", 0.5)
+        started = time.monotonic()
+        body = httpx.post(url, headers=headers, content=_llm_frame(session.id), timeout=30).content
+        assert time.monotonic() - started < 5
+        lines = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+        assert [line["data"]["event"] for line in lines] == ["error", "end"]
+        assert "MAX_SERVERLESS_TRANSACTION_TIMEOUT" in lines[0]["data"]["message"]
+    finally:
+        inner_api.reset()
+        server.daemon.sessions.end(session)
