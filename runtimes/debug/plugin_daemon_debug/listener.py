@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUSY = "server is busy now, please try again later"
-#: Deadline on telling a refused peer why.
+#: Deadline on telling a refused peer why (and on draining what it still sends).
 REFUSAL_WRITE_TIMEOUT = 2.0
+#: Most bytes read and dropped from a refused peer before the connection is closed.
+REFUSAL_DRAIN_LIMIT = 16 * 1024 * 1024
 #: Pause after the operating system refuses an accept (out of file descriptors).
 ACCEPT_BACKOFF = 0.1
 
@@ -144,9 +146,19 @@ class DebugListener:
         return connection
 
     async def _refuse(self, stream: SocketStream, address: str, line: str) -> None:
+        """Write the reason, end our side, and let the peer read it before the close.
+
+        Closing a socket with unread input resets the connection, which can destroy the line in
+        flight; so what the peer is still sending is read and dropped first (bounded in time and
+        size).
+        """
         log.info("refused a debugging connection from %s: %s", address, line)
         with (
             anyio.move_on_after(REFUSAL_WRITE_TIMEOUT),
-            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError),
+            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError),
         ):
             await stream.send(line.encode() + b"\n")
+            await stream.send_eof()
+            drained = 0
+            while drained < REFUSAL_DRAIN_LIMIT:
+                drained += len(await stream.receive())

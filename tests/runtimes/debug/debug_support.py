@@ -7,6 +7,7 @@ after its reconnects fail the SDK never exits and spins at 100% CPU, so a test m
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+import yaml
 from plugin_daemon.config import Settings
+from plugin_daemon.packages import build_package, decode_package
 
 from tests.conftest import TEST_KEY
 from tests.support.daemon_server import DaemonServer
@@ -128,6 +132,24 @@ class SdkPlugin:
         return self._output.read_text(errors="replace") if self._output and self._output.exists() else ""
 
 
+def registration_frames(key: str, plugin: str = "echo_tool") -> bytes:
+    """The registration the SDK sends for ``tests/plugins/<plugin>`` (a tool plugin), byte for byte in form."""
+    folder = PLUGINS_DIR / plugin
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    provider = decode_package(build_package(folder)).declaration["tool"]
+    provider["identity"]["icon"] = manifest["icon"]  # the SDK sends file names; the daemon remaps them
+    icon = base64.b64encode((folder / "_assets" / manifest["icon"]).read_bytes()).decode()
+    frames = [
+        orjson.dumps({"type": "handshake", "data": {"key": key}}) + b"\n",
+        orjson.dumps({"type": "manifest_declaration", "data": manifest}) + b"\n\n",
+        orjson.dumps({"type": "tool_declaration", "data": [provider]}) + b"\n\n",
+        orjson.dumps({"type": "asset_chunk", "data": {"filename": manifest["icon"], "data": icon, "end": True}})
+        + b"\n\n",
+        orjson.dumps({"type": "end", "data": {}}) + b"\n\n",
+    ]
+    return b"".join(frames)
+
+
 class RawClient:
     """A hand-written TCP peer of the debug listener (for what the SDK never sends)."""
 
@@ -136,14 +158,33 @@ class RawClient:
         self.sock.settimeout(timeout)
         self.sock.bind((source, 0))
         self.sock.connect(("127.0.0.1", port))
+        self._buffer = b""
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def read_line(self, timeout: float = 10.0) -> bytes:
+        """One line the daemon writes (without its newline)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line from the daemon within {timeout} s; got {self._buffer!r}")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise AssertionError(f"the daemon closed the connection; got {self._buffer!r}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
     def read_until_closed(self, timeout: float = 10.0) -> bytes:
         """Everything the daemon writes until it closes the connection (fails after ``timeout``)."""
         deadline = time.monotonic() + timeout
-        data = b""
+        data, self._buffer = self._buffer, b""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -1,0 +1,237 @@
+"""What the debug listener refuses, and how: one plain-text line, then the connection closed,
+while a good plugin (real SDK, connected first) keeps answering.
+
+Hand-written peers connect from distinct loopback addresses (127.0.0.x) so that the per-address
+rate limit of invalid keys is tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from plugin_daemon.packages import build_package
+
+from tests.conformance.suite import Target, call_tool, items_of, plugin_error
+from tests.runtimes.debug.debug_support import (
+    TENANT,
+    RawClient,
+    SdkPlugin,
+    debug_port,
+    debug_runtime,
+    debug_settings,
+    debugging_key,
+    installations,
+    registration_frames,
+    wait_installed,
+    wait_uninstalled,
+)
+from tests.support.daemon_server import DaemonServer, running_daemon
+from tests.support.plugin_driver import PLUGINS_DIR
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+HANDSHAKE_TIMEOUT = 2.0
+HEARTBEAT_TIMEOUT = 3.0
+MAX_FAILED_KEYS = 3
+TENANT_CAP = 2
+LIMIT = 5 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("debug-refusals-home")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[DaemonServer]:
+    settings = debug_settings(
+        home,
+        PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT=HANDSHAKE_TIMEOUT,
+        PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT,
+        PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS=MAX_FAILED_KEYS,
+        PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW=600,
+        PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN=TENANT_CAP,
+    )
+    with running_daemon(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def good(server: DaemonServer, home: Path) -> Iterator[dict[str, Any]]:
+    """echo_tool over the SDK for TENANT; yields its connection as the plugins route shows it."""
+    plugin = SdkPlugin(
+        "echo_tool", debug_port(server), debugging_key(server.client), home / "logs", env={"HEARTBEAT_INTERVAL": "0.5"}
+    ).start()
+    try:
+        wait_installed(server.client, "tester/echo_tool")
+        (connection,) = server.client.get(f"/plugin/{TENANT}/debugging/plugins").json()["data"]
+        yield connection
+    finally:
+        plugin.kill()
+
+
+def still_good(server: DaemonServer, good: dict[str, Any]) -> None:
+    """The good plugin answers on the very connection it had."""
+    assert items_of(call_tool(Target(server.client, TENANT), "echo", {"text": "fine"}))[0]["message"] == {
+        "text": "fine"
+    }
+    (connection,) = server.client.get(f"/plugin/{TENANT}/debugging/plugins").json()["data"]
+    assert connection["connected_at"] == good["connected_at"]
+
+
+def refusal(port: int, data: bytes, source: str = "127.0.0.2", timeout: float = 10.0) -> bytes:
+    with RawClient(port, source=source) as client:
+        if data:
+            client.send(data)
+        return client.read_until_closed(timeout)
+
+
+# --- one line, then closed ---------------------------------------------------------------------
+
+
+def test_wrong_key(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    assert refusal(port, registration_frames("not-a-key")) == b"handshake failed, invalid key\n"
+    still_good(server, good)
+
+
+def test_slow_handshake(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    started = time.monotonic()
+    key = debugging_key(server.client, "tenant-slow")
+    half = registration_frames(key)[:300]  # the key and the start of the manifest, then nothing
+    assert refusal(port, half) == b"handshake failed, registration not finished within 2 s\n"
+    assert HANDSHAKE_TIMEOUT - 0.5 < time.monotonic() - started < HANDSHAKE_TIMEOUT + 3
+    assert refusal(port, b"") == b"handshake failed, registration not finished within 2 s\n"  # silent peer
+    assert installations(server.client, "tenant-slow") == {}
+    still_good(server, good)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\xff\xfe garbage \x80\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b'{"type": 1}\n', b"[]\n"],
+)
+def test_garbage_bytes(server: DaemonServer, good: dict[str, Any], garbage: bytes) -> None:
+    assert refusal(debug_port(server), garbage) == b"handshake failed, invalid handshake message\n"
+    still_good(server, good)
+
+
+def test_an_oversize_line_is_refused_as_soon_as_it_passes_the_limit(server: DaemonServer, good: dict[str, Any]) -> None:
+    answer = refusal(debug_port(server), b"x" * (LIMIT + 1024 * 1024))  # no newline at all
+    assert answer == f"handshake failed, a registration line is longer than {LIMIT} bytes\n".encode()
+    still_good(server, good)
+
+
+def test_300_connections(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    runtime = debug_runtime(server)
+    clients = [RawClient(port, source="127.0.0.4") for _ in range(300)]
+    try:
+        wait_for(lambda: runtime.listener.open_connections >= 256, 10, "256 open connections")
+        still_good(server, good)  # while the listener is full
+        answers = [client.read_until_closed(HANDSHAKE_TIMEOUT + 8) for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+    busy = [answer for answer in answers if answer == b"server is busy now, please try again later\n"]
+    late = [answer for answer in answers if answer == b"handshake failed, registration not finished within 2 s\n"]
+    assert len(busy) == 300 - 255  # 256 at most, the good plugin's connection included
+    assert len(late) == 255
+    wait_for(lambda: runtime.listener.open_connections == 1, 10, "the refused connections to be gone")
+    still_good(server, good)
+
+
+def test_invalid_keys_are_rate_limited_per_address(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    for _ in range(MAX_FAILED_KEYS):
+        assert refusal(port, registration_frames("guess"), source="127.0.0.3") == b"handshake failed, invalid key\n"
+    key = debugging_key(server.client, "tenant-limited")
+    blocked = refusal(port, registration_frames(key), source="127.0.0.3")  # even the right key, for a while
+    assert blocked.startswith(b"handshake failed, too many invalid keys from 127.0.0.3; try again in ")
+    with RawClient(port, source="127.0.0.5") as other:  # other addresses are not affected
+        other.send(registration_frames(key))
+        wait_installed(server.client, "tester/echo_tool", "tenant-limited", timeout=10)
+    wait_uninstalled(server.client, "tester/echo_tool", "tenant-limited")
+    still_good(server, good)
+
+
+# --- registered, then refused or dropped ---------------------------------------------------------------
+
+
+def test_per_tenant_connection_cap(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    key = debugging_key(server.client, "tenant-cap")
+    first, second = RawClient(port, source="127.0.0.6"), RawClient(port, source="127.0.0.6")
+    try:
+        for client in (first, second):
+            client.send(registration_frames(key))
+        wait_for(lambda: len(debug_runtime(server).connections("tenant-cap")) == TENANT_CAP, 10, "two connections")
+        third = refusal(port, registration_frames(key), source="127.0.0.6")
+        assert third.startswith(b"too many debugging connections for this workspace (at most 2")
+        first.close()
+        wait_for(lambda: len(debug_runtime(server).connections("tenant-cap")) == 1, 10, "one connection")
+        assert installations(server.client, "tenant-cap")  # the other copy still serves it
+    finally:
+        first.close()
+        second.close()
+    wait_uninstalled(server.client, "tester/echo_tool", "tenant-cap")
+    body = server.client.get(
+        "/plugin/tenant-cap/debugging/logs", params={"plugin_id": "tester/echo_tool", "follow": "false"}
+    )
+    messages = [
+        json.loads(line[len("data: ") :])["message"] for line in body.text.split("\n") if line.startswith("data: ")
+    ]
+    assert any(message.startswith("refused: too many debugging connections") for message in messages)
+    assert sum(message.startswith("disconnected:") for message in messages) == 2
+    still_good(server, good)
+
+
+def test_a_plugin_installed_another_way_is_not_replaced(server: DaemonServer, good: dict[str, Any]) -> None:
+    manager = server.daemon.manager
+    identifier = manager.upload(build_package(PLUGINS_DIR / "echo_tool"), verify_signature=False)["unique_identifier"]
+    manager.install("tenant-memory", identifier, runtime_type="memory", source="package")
+    key = debugging_key(server.client, "tenant-memory")
+    answer = refusal(debug_port(server), registration_frames(key))
+    assert answer.startswith(b"register failed, plugin tester/echo_tool is already installed in this workspace")
+    assert b"(runtime memory)" in answer
+    assert installations(server.client, "tenant-memory")["tester/echo_tool"]["runtime_type"] == "memory"
+    still_good(server, good)
+
+
+def test_a_silent_plugin_is_dropped_and_its_sessions_fail(server: DaemonServer, good: dict[str, Any]) -> None:
+    port = debug_port(server)
+    key = debugging_key(server.client, "tenant-silent")
+    target = Target(server.client, "tenant-silent")
+    with RawClient(port, source="127.0.0.7") as peer:
+        peer.send(registration_frames(key))
+        wait_installed(server.client, "tester/echo_tool", "tenant-silent", timeout=10)
+        result: list[Any] = []
+        caller = threading.Thread(target=lambda: result.append(call_tool(target, "echo", {"text": "hello?"})))
+        caller.start()
+        request = orjson.loads(peer.read_line())  # exactly the local runtime's request line (protocol.md §1.3)
+        assert list(request) == [
+            "session_id",
+            "conversation_id",
+            "message_id",
+            "app_id",
+            "endpoint_id",
+            "context",
+            "event",
+            "data",
+        ]
+        assert request["event"] == "request" and request["data"]["tool_parameters"] == {"text": "hello?"}
+        peer.read_until_closed(HEARTBEAT_TIMEOUT + 5)  # we answer nothing, send no heartbeat
+        caller.join(timeout=5)
+    error = plugin_error(result[0][-1])
+    assert error["error_type"] == "ConnectionClosedError"
+    assert error["message"].startswith("Connection closed unexpectedly: the plugin sent no heartbeat for")
+    wait_uninstalled(server.client, "tester/echo_tool", "tenant-silent")
+    still_good(server, good)
