@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
 
 from .connection import DebugConnection
@@ -64,10 +64,11 @@ class DebugListener:
             self.address = (str(first[0]), int(first[1]))
             log.info("debugging plugins connect to %s:%d", *self.address)
             for listener in multi.listeners:
+                assert isinstance(listener, SocketListener)
                 group.start_soon(self._accept_loop, listener, group)
             task_status.started()
 
-    async def _accept_loop(self, listener: SocketListener, group: anyio.abc.TaskGroup) -> None:
+    async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -133,9 +134,7 @@ class DebugListener:
             address,
             heartbeat_timeout=settings.PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT,
             accepted_at=accepted,
-            on_note=lambda level, message: runtime.logs.add(
-                plugin.tenant_id, plugin.plugin_id, level, message, "plugin"
-            ),
+            on_note=lambda level, message: runtime.plugin_note(plugin, level, message),
         )
         try:
             await runtime.attach(connection)

@@ -206,6 +206,10 @@ class DebugRuntime(Runtime):
         log.log(level, "debugging plugin %s (tenant %s): %s", plugin_id, tenant_id, message)
         self.logs.add(tenant_id, plugin_id, level, message, "daemon")
 
+    def plugin_note(self, plugin: DebugPlugin, level: int, message: str) -> None:
+        """A record from (or about the output of) a plugin: its log book (the router logs it too)."""
+        self.logs.add(plugin.tenant_id, plugin.plugin_id, level, message, "plugin")
+
     def _session_ended(self, tenant_id: str) -> Callable[[SessionTrace, SessionEvent], None]:
         def ended(trace: SessionTrace, event: SessionEvent) -> None:
             if trace.state == "failed" and isinstance(event.data, dict):

@@ -67,8 +67,12 @@ def installations(client: httpx.Client, tenant: str = TENANT) -> dict[str, dict[
     return {item["plugin_id"]: item for item in body["data"]["list"]}
 
 
-def wait_installed(client: httpx.Client, plugin_id: str, tenant: str = TENANT, timeout: float = START_DEADLINE) -> dict:
-    return wait_for(lambda: installations(client, tenant).get(plugin_id), timeout, f"{plugin_id} to be installed")
+def wait_installed(
+    client: httpx.Client, plugin_id: str, tenant: str = TENANT, timeout: float = START_DEADLINE
+) -> dict[str, Any]:
+    found = wait_for(lambda: installations(client, tenant).get(plugin_id), timeout, f"{plugin_id} to be installed")
+    assert found is not None
+    return found
 
 
 def wait_uninstalled(client: httpx.Client, plugin_id: str, tenant: str = TENANT, timeout: float = 10.0) -> None:
