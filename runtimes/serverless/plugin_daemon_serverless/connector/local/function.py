@@ -157,9 +157,14 @@ class LocalFunction:
             base_url = f"http://127.0.0.1:{port}"
             try:
                 await self._until_ready(base_url, trouble)
-            except FunctionStartError:
-                await self._kill(process)
-                if attempt == 1 and "Address already in use" in self.tail.text():
+            except BaseException as exc:  # failed, or the caller gave up: no half-started process stays
+                with anyio.CancelScope(shield=True):
+                    await self._kill(process)
+                if (
+                    isinstance(exc, FunctionStartError)
+                    and attempt == 1
+                    and "Address already in use" in self.tail.text()
+                ):
                     continue  # lost the port to someone else between picking and binding it
                 raise
             self.base_url = base_url
