@@ -1,15 +1,19 @@
 """Dispatch: one call from Dify becomes one session on a plugin, streamed back as SSE.
 
-The session runs as a task of the daemon, not of the HTTP request: it always drains to the
-plugin's ``end`` and is then removed, even if the caller has gone (its output is dropped then).
-Its events reach the HTTP response through a small memory stream.
+A session always drains to the plugin's ``end`` and is then removed, even if the caller has gone
+(its output is dropped then). :func:`relay_session` drives it and hands each SSE event to an
+``emit`` callback. A streamed dispatch answer runs it in the request's own task and writes each
+event to the response as it arrives (the ASGI server neither cancels that task nor fails its writes
+when the caller leaves, so the session still drains). :func:`start_session` runs it as a task of
+the daemon instead and returns the events as an async iterator, through a small memory stream,
+for callers that consume the answer in pieces (non-streamed actions, plugin endpoints).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,12 +27,16 @@ from plugin_daemon.runtime import EventKind, SessionChannel
 from plugin_daemon.sessions import Session
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
     from plugin_daemon.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
 #: Largest merged blob of an agent strategy (as the Go daemon).
 MAX_AGENT_BLOB = 15 * 1024 * 1024
+
+_STREAM, _INVOKE, _ERROR, _END = EventKind.STREAM, EventKind.INVOKE, EventKind.ERROR, EventKind.END
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,70 @@ class BlobMerger:
         return {"type": "blob", "message": {"blob": base64.b64encode(data).decode()}, "meta": item.get("meta")}
 
 
+#: Hands one SSE event to whoever listens; must not raise when nobody does any more.
+Emit = Callable[[bytes], Awaitable[None]]
+
+
+async def relay_session(
+    daemon: Daemon, session: Session, channel: SessionChannel, emit: Emit, *, merge_blobs: bool = False
+) -> None:
+    """Drive one session to its end, emitting its SSE events; then end the session and close the channel.
+
+    Backwards calls run in a task group that is only created when the first one arrives: most
+    sessions make none, and they then cost no task at all.
+    """
+    merger = BlobMerger() if merge_blobs else None
+    try:
+        with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
+            invoke = await _relay(daemon, session, channel, emit, merger, None)
+            if invoke is not None:
+                async with anyio.create_task_group() as calls:
+                    calls.start_soon(daemon.backwards.handle, session, channel, invoke)
+                    await _relay(daemon, session, channel, emit, merger, calls)
+                    calls.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            await emit(sse_failure(InternalError("killed by timeout")))
+    except DaemonError as exc:
+        await emit(sse_failure(exc))
+    except Exception as exc:
+        log.exception("session %s failed", session.id)
+        await emit(sse_failure(InternalError(f"session failed: {exc}")))
+    finally:
+        daemon.sessions.end(session)
+        with anyio.CancelScope(shield=True):
+            await channel.aclose()
+
+
+async def _relay(
+    daemon: Daemon,
+    session: Session,
+    channel: SessionChannel,
+    emit: Emit,
+    merger: BlobMerger | None,
+    calls: TaskGroup | None,
+) -> Any:
+    """Forward the session's events until its end (returns None) or, without ``calls``, until the
+    first backwards call (returns its payload, not yet handled)."""
+    backwards: BackwardsHandler = daemon.backwards
+    async for event in channel:
+        session.touch()
+        kind = event.kind
+        if kind is _STREAM:
+            item = merger.feed(event.data) if merger is not None else event.data
+            if item is not None:
+                await emit(sse_success(item))
+        elif kind is _INVOKE:
+            if calls is None:
+                return event.data
+            calls.start_soon(backwards.handle, session, channel, event.data)
+        elif kind is _ERROR:
+            await emit(sse_failure(PluginInvokeError.from_plugin(event.data)))
+            return None
+        elif kind is _END:
+            return None
+    return None
+
+
 async def run_session(
     daemon: Daemon,
     session: Session,
@@ -90,41 +162,14 @@ async def run_session(
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             listening = False  # the caller left; keep draining the plugin's answer
 
-    merger = BlobMerger() if merge_blobs else None
-    backwards: BackwardsHandler = daemon.backwards
     try:
-        async with anyio.create_task_group() as calls:
-            with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
-                async for event in channel:
-                    session.touch()
-                    kind = event.kind
-                    if kind is EventKind.STREAM:
-                        item = merger.feed(event.data) if merger else event.data
-                        if item is not None:
-                            await emit(sse_success(item))
-                    elif kind is EventKind.INVOKE:
-                        calls.start_soon(backwards.handle, session, channel, event.data)
-                    elif kind is EventKind.ERROR:
-                        await emit(sse_failure(PluginInvokeError.from_plugin(event.data)))
-                        break
-                    elif kind is EventKind.END:
-                        break
-            if deadline.cancelled_caught:
-                await emit(sse_failure(InternalError("killed by timeout")))
-            calls.cancel_scope.cancel()
-    except DaemonError as exc:
-        await emit(sse_failure(exc))
-    except Exception as exc:
-        log.exception("session %s failed", session.id)
-        await emit(sse_failure(InternalError(f"session failed: {exc}")))
+        await relay_session(daemon, session, channel, emit, merge_blobs=merge_blobs)
     finally:
-        daemon.sessions.end(session)
         with anyio.CancelScope(shield=True):
-            await channel.aclose()
             await output.aclose()
 
 
-async def start_session(
+async def open_session(
     daemon: Daemon,
     *,
     tenant_id: str,
@@ -134,10 +179,11 @@ async def start_session(
     runtime_type: str,
     access: Access,
     body: dict[str, Any],
-) -> AsyncIterator[bytes]:
-    """Open a session on a ready instance and return the SSE byte stream of its answer."""
-    runtime = await daemon.control_panel.ready_runtime(identifier, runtime_type)
-    spec = await daemon.control_panel.spec(identifier)
+) -> tuple[Session, SessionChannel]:
+    """Open a session on a ready instance: the request line is sent, the channel carries the answer."""
+    control_panel = daemon.control_panel
+    runtime = await control_panel.ready_runtime(identifier, runtime_type)
+    spec = await control_panel.spec(identifier)
     session = daemon.sessions.create(
         tenant_id=tenant_id,
         user_id=user_id,
@@ -166,6 +212,31 @@ async def start_session(
     except Exception as exc:
         daemon.sessions.end(session, "failed")
         raise InternalError(f"failed to send the request to plugin {identifier}: {exc}") from exc
+    return session, channel
+
+
+async def start_session(
+    daemon: Daemon,
+    *,
+    tenant_id: str,
+    user_id: str,
+    plugin_id: str,
+    identifier: str,
+    runtime_type: str,
+    access: Access,
+    body: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    """Open a session on a ready instance, run it as a task of the daemon, and return its SSE byte stream."""
+    session, channel = await open_session(
+        daemon,
+        tenant_id=tenant_id,
+        user_id=user_id,
+        plugin_id=plugin_id,
+        identifier=identifier,
+        runtime_type=runtime_type,
+        access=access,
+        body=body,
+    )
     send, receive = anyio.create_memory_object_stream[bytes](64)
     daemon.task_group.start_soon(
         lambda: run_session(daemon, session, channel, send, merge_blobs=access.type == "agent_strategy")

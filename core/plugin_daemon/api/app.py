@@ -55,6 +55,7 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
         exception_handlers={404: _not_found, 405: _method_not_allowed, HTTPException: _http_error},
     )
     app.state.daemon = daemon
+    app.add_middleware(dispatch_routes.DispatchFastPath)  # innermost: after the key and size checks
     app.add_middleware(ApiKeyMiddleware, key=daemon.settings.SERVER_KEY)
     app.add_middleware(BodyLimitMiddleware, limit=daemon.settings.MAX_REQUEST_BODY_SIZE)
     return app

@@ -6,13 +6,14 @@ from typing import Any
 
 import anyio
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugin_daemon.api.envelope import JSONResponse, failure, sse_failure, success
-from plugin_daemon.api.requests import json_body, tenant
-from plugin_daemon.dispatch import Access, start_session
+from plugin_daemon.api.requests import check_tenant, parse_json_object
+from plugin_daemon.dispatch import Access, open_session, relay_session, start_session
 from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound
 from plugin_daemon.manager import parse_identifier
 
@@ -64,9 +65,9 @@ ACCESSES: dict[str, Access] = {
 }
 
 
-async def _parse(request: Request, access: Access) -> dict[str, Any]:
+def _parse(raw: bytes, access: Access) -> dict[str, Any]:
     try:
-        body = await json_body(request)
+        body = parse_json_object(raw)
     except BadRequest as exc:
         raise BadRequest(exc.message, http_status=400) from None
     data = body.get("data")
@@ -78,51 +79,101 @@ async def _parse(request: Request, access: Access) -> dict[str, Any]:
     return body
 
 
-def _dispatch_endpoint(access: Access, *, by_identifier: bool = False):  # noqa: ANN202
-    async def endpoint(request: Request) -> Response:
-        daemon = request.app.state.daemon
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+_SSE_START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+}
+_SSE_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class DispatchEndpoint:
+    """One dispatch route, as a pure ASGI app (no per-request task, stream or wrapper).
+
+    A streamed answer is relayed from the plugin's session to the response in this request's
+    task, each event written as it arrives.
+    """
+
+    __slots__ = ("access", "by_identifier", "merge_blobs")
+
+    def __init__(self, access: Access, *, by_identifier: bool = False) -> None:
+        self.access = access
+        self.by_identifier = by_identifier
+        self.merge_blobs = access.type == "agent_strategy"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        daemon = scope["app"].state.daemon
+        access = self.access
         try:
-            tenant_id = tenant(request) if not by_identifier else request.headers.get("x-tenant-id", "")
-            if by_identifier:
-                identifier = request.headers.get("x-plugin-unique-identifier", "")
+            if self.by_identifier:
+                tenant_id = _header(scope, b"x-tenant-id")
+                identifier = _header(scope, b"x-plugin-unique-identifier")
                 if not identifier:
                     raise BadRequest("header X-Plugin-Unique-Identifier is required", http_status=400)
                 plugin_id = parse_identifier(identifier).plugin_id
                 runtime_type = daemon.control_panel.default_runtime_type()
             else:
-                plugin_id = request.headers.get("x-plugin-id", "")
+                tenant_id = check_tenant(scope["path_params"]["tenant_id"])
+                plugin_id = _header(scope, b"x-plugin-id")
                 if not plugin_id:
                     raise BadRequest("plugin_id is required", http_status=400)
                 installation = daemon.manager._installations.get((tenant_id, plugin_id), False)
                 if installation is False:
                     installation = await anyio.to_thread.run_sync(daemon.manager.installation, tenant_id, plugin_id)
                 if installation is None:
-                    raise PluginNotFound(
-                        f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404
-                    )
+                    raise PluginNotFound(f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404)
                 identifier, runtime_type = installation.identifier, installation.runtime_type
-            body = await _parse(request, access)
-            stream = await start_session(
-                daemon,
-                tenant_id=tenant_id,
-                user_id=str(body.get("user_id") or ""),
-                plugin_id=plugin_id,
-                identifier=identifier,
-                runtime_type=runtime_type,
-                access=access,
-                body=body,
-            )
-        except DaemonError as exc:
-            if exc.http_status != 200:
-                return failure(exc)
+            body = _parse(await _read_body(receive), access)
+            fields = {
+                "tenant_id": tenant_id,
+                "user_id": str(body.get("user_id") or ""),
+                "plugin_id": plugin_id,
+                "identifier": identifier,
+                "runtime_type": runtime_type,
+                "access": access,
+                "body": body,
+            }
             if not access.streaming:
-                return failure(exc)
-            return Response(sse_failure(exc), media_type="text/event-stream")
-        if not access.streaming:
-            return await _first_item(stream)
-        return StreamingResponse(stream, media_type="text/event-stream")
+                response = await _first_item(await start_session(daemon, **fields))
+            else:
+                session, channel = await open_session(daemon, **fields)
+                response = None
+        except DaemonError as exc:
+            if exc.http_status != 200 or not access.streaming:
+                response = failure(exc)
+            else:
+                response = Response(sse_failure(exc), media_type="text/event-stream")
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await send(_SSE_START)
 
-    return endpoint
+        async def emit(chunk: bytes) -> None:
+            # uvicorn drops (does not raise on) writes once the caller has gone
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        try:
+            await relay_session(daemon, session, channel, emit, merge_blobs=self.merge_blobs)
+        finally:
+            await send(_SSE_END)
 
 
 async def _first_item(stream: Any) -> Response:
@@ -133,11 +184,48 @@ async def _first_item(stream: Any) -> Response:
     return success(None)
 
 
+DISPATCH_PREFIX = "/plugin/"
+IDENTIFIER_DISPATCH_PREFIX = "/v2/invoke/dispatch/"
+
+
+class DispatchFastPath:
+    """Sends ``POST /plugin/{tenant_id}/dispatch/...`` and ``POST /v2/invoke/dispatch/...`` straight
+    to their endpoint with one dictionary lookup, instead of a scan of every route's pattern.
+
+    The same endpoints are also mounted as ordinary routes (see :func:`routes`); anything this does
+    not recognise exactly goes on to the router, which answers as it always did.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.by_tenant = {path: DispatchEndpoint(access) for path, access in ACCESSES.items()}
+        self.by_identifier = {path: DispatchEndpoint(access, by_identifier=True) for path, access in ACCESSES.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            endpoint = None
+            if path.startswith(DISPATCH_PREFIX):
+                parts = path.split("/", 4)  # "", "plugin", tenant_id, "dispatch", action path
+                if len(parts) == 5 and parts[3] == "dispatch" and parts[2]:
+                    endpoint = self.by_tenant.get(parts[4])
+                    if endpoint is not None:
+                        scope["path_params"] = {"tenant_id": parts[2]}
+            elif path.startswith(IDENTIFIER_DISPATCH_PREFIX):
+                endpoint = self.by_identifier.get(path[len(IDENTIFIER_DISPATCH_PREFIX) :])
+                if endpoint is not None:
+                    scope["path_params"] = {}
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def routes() -> list[Route]:
     result = []
     for path, access in ACCESSES.items():
-        result.append(Route(f"/plugin/{{tenant_id}}/dispatch/{path}", _dispatch_endpoint(access), methods=["POST"]))
+        result.append(Route(f"/plugin/{{tenant_id}}/dispatch/{path}", DispatchEndpoint(access), methods=["POST"]))
         result.append(
-            Route(f"/v2/invoke/dispatch/{path}", _dispatch_endpoint(access, by_identifier=True), methods=["POST"])
+            Route(f"/v2/invoke/dispatch/{path}", DispatchEndpoint(access, by_identifier=True), methods=["POST"])
         )
     return result

@@ -56,10 +56,20 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = -1
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _send_error(send, self._too_large(), 413)
-                return
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+                if declared > self.limit:
+                    await _send_error(send, self._too_large(), 413)
+                    return
+            elif name == b"transfer-encoding":
+                declared = -1  # chunked: the length is only known while reading
+                break
+        if declared >= 0:
+            # The server reads exactly Content-Length bytes of body: nothing more to watch.
+            await self.app(scope, receive, send)
+            return
         received = 0
         limit = self.limit
 

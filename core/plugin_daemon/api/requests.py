@@ -11,7 +11,11 @@ from plugin_daemon.errors import BadRequest
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    return parse_json_object(await request.body())
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object."""
     if not raw:
         raise BadRequest("request body is empty; a JSON object is required")
     try:
@@ -54,7 +58,10 @@ def page(request: Request, *, max_size: int = 256) -> tuple[int, int]:
 
 
 def tenant(request: Request) -> str:
-    tenant_id = request.path_params["tenant_id"]
+    return check_tenant(request.path_params["tenant_id"])
+
+
+def check_tenant(tenant_id: str) -> str:
     if not tenant_id or len(tenant_id) > 64:
         raise BadRequest("tenant_id must be 1 to 64 characters")
     return tenant_id
