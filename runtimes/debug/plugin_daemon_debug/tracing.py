@@ -160,6 +160,11 @@ class TracedChannel(SessionChannel):
             self._on_end(self.trace, event)
         return event
 
+    def has_pending(self) -> bool:
+        """Whether the next event is already queued (when the inner channel can tell)."""
+        pending = getattr(self._inner, "has_pending", None)
+        return bool(pending()) if pending is not None else False
+
     async def send(self, line: bytes) -> None:
         self.trace.daemon_sent(line)
         await self._inner.send(line)

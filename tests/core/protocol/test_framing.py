@@ -5,7 +5,7 @@ import time
 import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
-from plugin_daemon.protocol.framing import LineReader, OversizeLine, find_session_id
+from plugin_daemon.protocol.framing import LineReader, LineTooLong, OversizeLine, find_session_id
 
 pytestmark = pytest.mark.anyio
 
@@ -96,3 +96,20 @@ async def test_long_line_in_many_small_chunks_is_linear() -> None:
     items = await collect(chunks, max_size=16 * 1024 * 1024)
     assert time.perf_counter() - started < 2.0
     assert len(items) == 2 and len(items[0]) == 17 + 8 * 1024 * 1024 and items[1] == b"end"
+
+
+async def test_a_strict_reader_raises_as_soon_as_a_line_passes_the_limit() -> None:
+    stream = ChunkStream([b"ok\n" + b"x" * 600, b"x" * 600, b"never read\n"])
+    reader = LineReader(stream, 1000, strict=True)
+    assert await reader.__anext__() == b"ok"
+    with pytest.raises(LineTooLong) as too_long:
+        await reader.__anext__()
+    assert too_long.value.limit == 1000 and too_long.value.size > 1000
+    assert stream.chunks == [b"never read\n"]  # it did not wait for the newline
+
+
+async def test_strictness_can_be_lifted_once_the_peer_is_trusted() -> None:
+    reader = LineReader(ChunkStream([b"a\n", b"y" * 50 + b"\n", b"b\n"]), 10, strict=True)
+    assert await reader.__anext__() == b"a"
+    reader.strict = False
+    assert [item async for item in reader] == [OversizeLine(50, None), b"b"]
