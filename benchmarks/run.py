@@ -54,7 +54,7 @@ from loadgen import (  # noqa: E402
     run_wrk,
     wrk_path,
 )
-from runtime_rows import OTHER_RUNTIMES, RuntimeRow, registered_runtimes  # noqa: E402
+from runtime_rows import OTHER_RUNTIMES, RowContext, registered_runtimes  # noqa: E402
 
 #: Plugin environments built by the benchmark's daemons, kept between runs.
 CACHE = Path(os.environ.get("PLUGIN_DAEMON_BENCH_CACHE", "~/.cache/plugin-daemon-bench")).expanduser()
@@ -195,9 +195,15 @@ def direct_data(action_type: str, action: str, data: dict[str, Any]) -> dict[str
     return {"user_id": "user-1", "type": action_type, "action": action, **data}
 
 
-def check_sse(events: list[tuple[float, bytes]]) -> None:
-    if not events or not all(chunk.startswith(b'data: {"code":0,') for _, chunk in events):
-        raise RuntimeError(f"unexpected answer: {[chunk[:200] for _, chunk in events]}")
+def sse_events(chunks: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
+    """(arrival, event) of every SSE event; one written chunk may carry several."""
+    return [(at, event) for at, chunk in chunks for event in chunk.split(b"\n\n") if event]
+
+
+def check_sse(chunks: list[tuple[float, bytes]]) -> None:
+    events = sse_events(chunks)
+    if not events or not all(event.startswith(b'data: {"code":0,') for _, event in events):
+        raise RuntimeError(f"unexpected answer: {[event[:200] for _, event in events]}")
 
 
 def check_direct(messages: list[dict[str, Any]]) -> None:
@@ -422,6 +428,7 @@ async def stream_through(daemon: DaemonProcess, upstream: str, chunks: int, dela
     finally:
         await connection.close()
     check_sse(events)
+    events = sse_events(events)
     if status != 200 or len(events) != chunks + 1:  # the last chunk carries finish_reason and usage
         raise RuntimeError(f"streamed answer: status {status}, {len(events)} events for {chunks} chunks")
     arrivals = [at - began for at, _ in events]
@@ -458,11 +465,13 @@ async def measure_streams(
 
 
 def chunk_lag(daemon_runs: list[StreamRun], direct_runs: list[StreamRun]) -> float:
-    """The largest lag of a chunk behind its direct arrival (medians per chunk index), in seconds."""
+    """How much later than straight from the plugin a chunk arrives, counted from its stream's first
+    chunk (medians per chunk index over the runs); the largest, in seconds. A chunk held back until
+    the next one would lag by a whole interval."""
     lags = []
-    for index in range(len(daemon_runs[0].arrivals)):
-        through = statistics.median(run.arrivals[index] for run in daemon_runs)
-        direct = statistics.median(run.arrivals[index] for run in direct_runs)
+    for index in range(1, len(daemon_runs[0].arrivals)):
+        through = statistics.median(run.arrivals[index] - run.first for run in daemon_runs)
+        direct = statistics.median(run.arrivals[index] - run.first for run in direct_runs)
         lags.append(through - direct)
     return max(lags)
 
@@ -649,7 +658,10 @@ async def run(args: argparse.Namespace) -> Report:
         )
         report.facts["plugin_rss_mb"] = [round(v / 1e6, 1) for v in values]
 
-        await _other_runtimes(report, scratch, working_path, built, direct, tool, durations)
+        echo_folder = plugin_layout(working_path, identifiers["tester/echo_tool"])
+        await _other_runtimes(
+            report, scratch, working_path, (built["tester/echo_tool"], echo_folder), direct, tool, durations
+        )
     finally:
         for plugin in _SPAWNED.values():
             await plugin.close()
@@ -761,11 +773,18 @@ def _stream_figures(report: Report, streams: dict[str, list[StreamRun]]) -> None
     )
 
 
+@contextlib.asynccontextmanager
+async def _echo_answering(daemon: DaemonProcess) -> AsyncIterator[None]:
+    async with daemon.client(timeout=60) as client:
+        await wait_answering(client, ["tester/echo_tool"], "", timeout=120)
+    yield
+
+
 async def _other_runtimes(
     report: Report,
     scratch: Path,
     working_path: Path,
-    built: dict[str, bytes],
+    echo: tuple[bytes, Path],
     direct: dict[str, LoadResult],
     tool: str,
     durations: Durations,
@@ -773,47 +792,28 @@ async def _other_runtimes(
     registered = registered_runtimes()
     for row in OTHER_RUNTIMES:
         if row.runtime not in registered:
-            report.notes.append(f"{row.title}: skipped, the runtime is not registered here (not built yet)")
+            report.notes.append(f"{row.title}: skipped, the runtime is not registered here")
             continue
         if row.connect is None:
-            report.notes.append(
-                f"{row.title}: skipped, registered but no benchmark adapter yet (RuntimeRow.connect in "
-                "benchmarks/runtime_rows.py)"
-            )
+            report.notes.append(f"{row.title}: skipped, no benchmark adapter (RuntimeRow.connect in runtime_rows.py)")
             continue
-        await _runtime_row(report, row, scratch, working_path, direct, tool, durations)
-
-
-async def _runtime_row(
-    report: Report,
-    row: RuntimeRow,
-    scratch: Path,
-    working_path: Path,
-    direct: dict[str, LoadResult],
-    tool: str,
-    durations: Durations,
-) -> None:
-    assert row.connect is not None
-    daemon = DaemonProcess(scratch / f"home-{row.runtime}", working_path).start()
-    try:
-        await daemon.wait_http()
-        async with row.connect(daemon) as target:
-            through: dict[str, LoadResult] = {}
-            for callers in CONCURRENCY:
-                duration = durations.latency if callers == 1 else durations.load
-                if tool == "wrk" and callers > 1:
-                    through[f"c{callers}"] = await asyncio.to_thread(
-                        run_wrk, target, connections=callers, duration=duration
-                    )
-                else:
-                    through[f"c{callers}"] = await http_load(target, callers, duration, durations.warmup)
-        _echo_figures(report, f"echo tool, {row.runtime}", through, direct)
-        report.notes.append(f"{row.title}: 'direct' is the local plugin process straight over its pipes")
-    except Exception as exc:  # one runtime's row must not sink the others
-        report.notes.append(f"{row.title}: failed: {type(exc).__name__}: {exc}")
-        report.add(Figure(f"echo tool, {row.runtime}", "benchmark", "", ok=False, note=str(exc)[:80]))
-    finally:
-        daemon.stop()
+        context = RowContext(scratch / row.runtime, working_path, echo[0], echo[1], echo_target, _echo_answering)
+        console.print(f"[dim]{row.title}[/dim]")
+        try:
+            async with row.connect(context) as target:
+                through: dict[str, LoadResult] = {}
+                for callers in CONCURRENCY:
+                    duration = durations.latency if callers == 1 else durations.load
+                    if tool == "wrk" and callers > 1:
+                        result = await asyncio.to_thread(run_wrk, target, connections=callers, duration=duration)
+                    else:
+                        result = await http_load(target, callers, duration, durations.warmup)
+                    through[f"c{callers}"] = result
+            _echo_figures(report, f"echo tool, {row.runtime}", through, direct)
+            report.notes.append(f"{row.title}: 'direct' is the local plugin process straight over its stdio")
+        except Exception as exc:  # one runtime's row must not sink the others
+            report.notes.append(f"{row.title}: failed: {type(exc).__name__}: {exc}")
+            report.add(Figure(f"echo tool, {row.runtime}", "benchmark", "", ok=False, note=str(exc)[:80]))
 
 
 def _jsonable(report: Report) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 # The daemon's answer to the echo tool, in size and shape: two SSE events, chunked.
 _EVENTS = (b'data: {"code":0,"message":"success","data":{"type":"text","message":{"text":"hello"},"meta":null}}\n\n',)
@@ -21,10 +22,9 @@ RESPONSE = (
 class TrivialProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = b""
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -58,12 +58,10 @@ async def serve(port: int) -> None:
 
 def main() -> None:
     try:
-        import uvloop
-
-        uvloop.install()
+        from uvloop import run
     except ImportError:
-        pass
-    asyncio.run(serve(int(sys.argv[1])))
+        from asyncio import run
+    run(serve(int(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -78,68 +78,106 @@ class BlobMerger:
         return {"type": "blob", "message": {"blob": base64.b64encode(data).decode()}, "meta": item.get("meta")}
 
 
-#: Hands one SSE event to whoever listens; must not raise when nobody does any more.
+#: Hands one SSE event (or several, coalesced) to whoever listens; must not raise when nobody does any more.
 Emit = Callable[[bytes], Awaitable[None]]
 
 
 async def relay_session(
-    daemon: Daemon, session: Session, channel: SessionChannel, emit: Emit, *, merge_blobs: bool = False
-) -> None:
-    """Drive one session to its end, emitting its SSE events; then end the session and close the channel.
-
-    Backwards calls run in a task group that is only created when the first one arrives: most
-    sessions make none, and they then cost no task at all.
-    """
-    merger = BlobMerger() if merge_blobs else None
-    try:
-        with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
-            invoke = await _relay(daemon, session, channel, emit, merger, None)
-            if invoke is not None:
-                async with anyio.create_task_group() as calls:
-                    calls.start_soon(daemon.backwards.handle, session, channel, invoke)
-                    await _relay(daemon, session, channel, emit, merger, calls)
-                    calls.cancel_scope.cancel()
-        if deadline.cancelled_caught:
-            await emit(sse_failure(InternalError("killed by timeout")))
-    except DaemonError as exc:
-        await emit(sse_failure(exc))
-    except Exception as exc:
-        log.exception("session %s failed", session.id)
-        await emit(sse_failure(InternalError(f"session failed: {exc}")))
-    finally:
-        daemon.sessions.end(session)
-        with anyio.CancelScope(shield=True):
-            await channel.aclose()
-
-
-async def _relay(
     daemon: Daemon,
     session: Session,
     channel: SessionChannel,
     emit: Emit,
-    merger: BlobMerger | None,
-    calls: TaskGroup | None,
-) -> Any:
-    """Forward the session's events until its end (returns None) or, without ``calls``, until the
-    first backwards call (returns its payload, not yet handled)."""
-    backwards: BackwardsHandler = daemon.backwards
-    async for event in channel:
-        session.touch()
-        kind = event.kind
-        if kind is _STREAM:
-            item = merger.feed(event.data) if merger is not None else event.data
-            if item is not None:
-                await emit(sse_success(item))
-        elif kind is _INVOKE:
-            if calls is None:
-                return event.data
-            calls.start_soon(backwards.handle, session, channel, event.data)
-        elif kind is _ERROR:
-            await emit(sse_failure(PluginInvokeError.from_plugin(event.data)))
-            return None
-        elif kind is _END:
-            return None
-    return None
+    *,
+    merge_blobs: bool = False,
+    coalesce: bool = False,
+) -> bytes:
+    """Drive one session to its end, emitting its SSE events; then end the session and close the channel.
+
+    Backwards calls run in a task group that is only created when the first one arrives: most
+    sessions make none, and they then cost no task at all.
+
+    With ``coalesce``, events that are already waiting in the channel (a stream item and the
+    ``end`` right behind it, say) go out in one write, and the last bytes of the answer are
+    returned instead of emitted, so that the caller can send them with the end of the response.
+    Nothing is ever held back to wait for a later event: an event is emitted at once unless the
+    channel already has the next one (:meth:`QueueSessionChannel.has_pending`). Without
+    ``coalesce``, every event is emitted on its own and ``b""`` is returned.
+    """
+    pending = getattr(channel, "has_pending", None) if coalesce else None
+    relay = _Relay(daemon, session, channel, emit, BlobMerger() if merge_blobs else None, pending)
+    try:
+        with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
+            invoke = await relay.run(None)
+            if invoke is not None:
+                async with anyio.create_task_group() as calls:
+                    calls.start_soon(daemon.backwards.handle, session, channel, invoke)
+                    await relay.run(calls)
+                    calls.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            relay.held += sse_failure(InternalError("killed by timeout"))
+    except DaemonError as exc:
+        relay.held += sse_failure(exc)
+    except Exception as exc:
+        log.exception("session %s failed", session.id)
+        relay.held += sse_failure(InternalError(f"session failed: {exc}"))
+    finally:
+        daemon.sessions.end(session)
+        with anyio.CancelScope(shield=True):
+            await channel.aclose()
+    if pending is not None:
+        return relay.held
+    if relay.held:
+        await emit(relay.held)
+    return b""
+
+
+class _Relay:
+    """Forwards one session's events as SSE bytes (see :func:`relay_session`)."""
+
+    __slots__ = ("daemon", "session", "channel", "emit", "merger", "pending", "held")
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        session: Session,
+        channel: SessionChannel,
+        emit: Emit,
+        merger: BlobMerger | None,
+        pending: Callable[[], bool] | None,
+    ) -> None:
+        self.daemon = daemon
+        self.session = session
+        self.channel = channel
+        self.emit = emit
+        self.merger = merger
+        self.pending = pending
+        self.held = b""  # events not written yet: the next one is already waiting, or the answer is over
+
+    async def run(self, calls: TaskGroup | None) -> Any:
+        """Forward events until the session's end (returns None) or, without ``calls``, until the
+        first backwards call (returns its payload, not yet handled)."""
+        session, channel, merger, pending = self.session, self.channel, self.merger, self.pending
+        backwards: BackwardsHandler = self.daemon.backwards
+        async for event in channel:
+            session.touch()
+            kind = event.kind
+            if kind is _STREAM:
+                item = merger.feed(event.data) if merger is not None else event.data
+                if item is not None:
+                    self.held += sse_success(item)
+            elif kind is _INVOKE:
+                if calls is None:
+                    return event.data
+                calls.start_soon(backwards.handle, session, channel, event.data)
+            elif kind is _ERROR:
+                self.held += sse_failure(PluginInvokeError.from_plugin(event.data))
+                return None
+            elif kind is _END:
+                return None
+            if self.held and (pending is None or not pending()):
+                held, self.held = self.held, b""
+                await self.emit(held)
+        return None
 
 
 async def run_session(

@@ -170,10 +170,11 @@ class DispatchEndpoint:
             # uvicorn drops (does not raise on) writes once the caller has gone
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
+        tail = b""
         try:
-            await relay_session(daemon, session, channel, emit, merge_blobs=self.merge_blobs)
+            tail = await relay_session(daemon, session, channel, emit, merge_blobs=self.merge_blobs, coalesce=True)
         finally:
-            await send(_SSE_END)
+            await send({"type": "http.response.body", "body": tail, "more_body": False} if tail else _SSE_END)
 
 
 async def _first_item(stream: Any) -> Response:

@@ -103,6 +103,10 @@ class QueueSessionChannel(SessionChannel):
             self._closed = True  # terminal: the iteration stops after this event
         return event
 
+    def has_pending(self) -> bool:
+        """True when the next event is already queued (iterating will not wait for the plugin)."""
+        return bool(self._queue)
+
     async def send(self, line: bytes) -> None:
         await self._write(line)
 
