@@ -7,6 +7,7 @@ no-op that succeeds at once (idempotent by package checksum).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,9 @@ class Installer:
                 for key, value in changes.items():
                     setattr(row, key, value)
 
+    async def _set(self, task_id: str, index: int, **changes: Any) -> None:
+        await anyio.to_thread.run_sync(functools.partial(self._update, task_id, index, **changes))
+
     async def _run(
         self,
         task_id: str,
@@ -142,22 +146,16 @@ class Installer:
         for index in todo:
             identifier = identifiers[index]
             meta = metas[index] if metas else {}
-            await anyio.to_thread.run_sync(
-                lambda i=index: self._update(task_id, i, status=RUNNING, message="installing")
-            )
+            await self._set(task_id, index, status=RUNNING, message="installing")
             try:
                 await self.install_one(task_id, index, tenant_id, identifier, source, meta)
             except (PluginUnavailable, DaemonError) as exc:
                 message = exc.message
                 log.warning("install of %s for tenant %s failed: %s", identifier, tenant_id, message)
-                await anyio.to_thread.run_sync(
-                    lambda i=index, m=message: self._update(task_id, i, status=FAILED, message=m)
-                )
+                await self._set(task_id, index, status=FAILED, message=message)
             except Exception as exc:  # an unexpected bug must still end the task truthfully
                 log.exception("install of %s failed", identifier)
-                await anyio.to_thread.run_sync(
-                    lambda i=index, m=f"internal error: {exc}": self._update(task_id, i, status=FAILED, message=m)
-                )
+                await self._set(task_id, index, status=FAILED, message=f"internal error: {exc}")
 
     async def install_one(
         self, task_id: str, index: int, tenant_id: str, identifier: str, source: str, meta: dict[str, Any]

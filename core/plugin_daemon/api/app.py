@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from plugin_daemon.api import dispatch_routes, endpoint_routes, management
 from plugin_daemon.api.envelope import JSONResponse
@@ -44,7 +44,7 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
         async with daemon.running(relaunch=relaunch):
             yield
 
-    routes = [Route("/health/check", health_check, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/health/check", health_check, methods=["GET"])]
     routes += management.routes()
     routes += dispatch_routes.routes()
     routes += endpoint_routes.routes(daemon.settings)

@@ -101,7 +101,7 @@ class PluginStorage:
     def handle(self, tenant_id: str, plugin_id: str, declaration: dict[str, Any], request: dict[str, Any]) -> Any:
         """One storage request of the SDK (``opt`` get/set/del/exist); returns the reply's data."""
         operation = request.get("opt")
-        key = request.get("key")
+        key = check_key(request.get("key"))
         if operation == "get":
             return {"data": self.get(tenant_id, plugin_id, key).hex()}
         if operation == "set":

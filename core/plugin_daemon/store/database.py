@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from plugin_daemon.store.models import Base, EndpointRow, SchemaVersion
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,9 +70,8 @@ def create_database_engine(url: str) -> Engine:
 def migrate(engine: Engine) -> int:
     """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
     with engine.begin() as connection:
-        SchemaVersion.__table__.create(connection, checkfirst=True)
-        row = connection.execute(SchemaVersion.__table__.select()).first()
-        current = row.version if row else 0
+        Base.metadata.tables[SchemaVersion.__tablename__].create(connection, checkfirst=True)
+        current = connection.execute(select(SchemaVersion.version)).scalar() or 0
     if current > SCHEMA_VERSION:
         raise RuntimeError(
             f"the database schema is version {current}, newer than this daemon's {SCHEMA_VERSION}; "
@@ -81,11 +80,10 @@ def migrate(engine: Engine) -> int:
     for version in range(current, SCHEMA_VERSION):
         with engine.begin() as connection:
             MIGRATIONS[version](connection)
-            table = SchemaVersion.__table__
             if version == 0:
-                connection.execute(table.insert().values(id=1, version=1))
+                connection.execute(insert(SchemaVersion).values(id=1, version=1))
             else:
-                connection.execute(table.update().values(version=version + 1))
+                connection.execute(update(SchemaVersion).values(version=version + 1))
         log.info("database schema migrated to version %d", version + 1)
     return current
 

@@ -73,30 +73,31 @@ class InstallationRow(Timestamped, Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-class CategoryInstallation(Timestamped):
+class CategoryInstallation(Timestamped, Base):
+    __abstract__ = True
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     provider: Mapped[str] = mapped_column(String(255))
     plugin_unique_identifier: Mapped[str] = mapped_column(String(255), index=True)
     plugin_id: Mapped[str] = mapped_column(String(255))
 
 
-class ToolInstallationRow(CategoryInstallation, Base):
+class ToolInstallationRow(CategoryInstallation):
     __tablename__ = "tool_installations"
 
 
-class ModelInstallationRow(CategoryInstallation, Base):
+class ModelInstallationRow(CategoryInstallation):
     __tablename__ = "ai_model_installations"
 
 
-class AgentStrategyInstallationRow(CategoryInstallation, Base):
+class AgentStrategyInstallationRow(CategoryInstallation):
     __tablename__ = "agent_strategy_installations"
 
 
-class DatasourceInstallationRow(CategoryInstallation, Base):
+class DatasourceInstallationRow(CategoryInstallation):
     __tablename__ = "datasource_installations"
 
 
-class TriggerInstallationRow(CategoryInstallation, Base):
+class TriggerInstallationRow(CategoryInstallation):
     __tablename__ = "trigger_installations"
 
 
