@@ -21,6 +21,7 @@ from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from .connection import DebugConnection
 from .declaration import build_plugin
 from .handshake import Refused, read_registration
+from .quickack import QuickAckReceiveStream
 
 if TYPE_CHECKING:
     from .runtime import DebugRuntime
@@ -102,7 +103,7 @@ class DebugListener:
     async def _register(self, stream: SocketStream, address: str, accepted: float) -> DebugConnection | None:
         settings = self.settings
         runtime = self.runtime
-        reader = LineReader(stream, settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE, strict=True)
+        reader = LineReader(QuickAckReceiveStream(stream), settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE, strict=True)
         timeout = settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT
         try:
             with anyio.fail_after(timeout):
