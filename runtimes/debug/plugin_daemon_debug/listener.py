@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
+from plugin_daemon.quickack import QuickAckReceiveStream
 
 from .connection import DebugConnection
 from .declaration import build_plugin
 from .handshake import Refused, read_registration
-from .quickack import QuickAckReceiveStream
 
 if TYPE_CHECKING:
     from .runtime import DebugRuntime

@@ -19,6 +19,7 @@ import anyio
 import httpx
 import orjson
 from anyio.abc import TaskGroup, TaskStatus
+from plugin_daemon.quickack import quickack_transport
 from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, Runtime, SessionChannel
 
 from .connector_client import ConnectorClient, ConnectorError
@@ -53,10 +54,12 @@ class Deployment:
 def http_client(settings: Any) -> httpx.AsyncClient:
     """The one pooled client for functions and the connector."""
     return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=settings.SERVERLESS_MAX_CONNECTIONS,
-            max_keepalive_connections=min(64, settings.SERVERLESS_MAX_CONNECTIONS),
-            keepalive_expiry=4.0,
+        transport=quickack_transport(
+            httpx.Limits(
+                max_connections=settings.SERVERLESS_MAX_CONNECTIONS,
+                max_keepalive_connections=min(64, settings.SERVERLESS_MAX_CONNECTIONS),
+                keepalive_expiry=4.0,
+            )
         ),
         timeout=httpx.Timeout(connect=10.0, read=float(settings.PLUGIN_MAX_EXECUTION_TIMEOUT), write=30.0, pool=30.0),
         trust_env=False,

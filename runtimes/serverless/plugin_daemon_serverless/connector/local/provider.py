@@ -21,6 +21,7 @@ import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from plugin_daemon.config import load_settings
 from plugin_daemon.packages import PackageError, decode_package
+from plugin_daemon.quickack import quickack_transport
 from plugin_daemon.runtime import PluginSpec
 from plugin_daemon_local.environment import EnvironmentBuilder, EnvironmentBuildError, PluginLayout
 from starlette.routing import BaseRoute, Route
@@ -88,7 +89,7 @@ class LocalProvider(Provider):
         self.idle_timeout = options.idle_timeout
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=5.0, read=options.function_timeout, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            transport=quickack_transport(httpx.Limits(max_connections=1000, max_keepalive_connections=100)),
             trust_env=False,
         )
         self._group: TaskGroup | None = None
