@@ -26,9 +26,7 @@ class DaemonError(Exception):
             self.http_status = http_status
 
     def envelope_message(self) -> str:
-        return orjson.dumps(
-            {"message": self.message, "error_type": self.error_type, "args": self.details}
-        ).decode()
+        return orjson.dumps({"message": self.message, "error_type": self.error_type, "args": self.details}).decode()
 
     def envelope(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.envelope_message(), "data": None}

@@ -173,20 +173,14 @@ class Installer:
         def progress(line: str) -> None:
             nonlocal last_progress
             last_progress = line
-            daemon.task_group.start_soon(
-                anyio.to_thread.run_sync, lambda: self._update(task_id, index, message=line)
-            )
+            daemon.task_group.start_soon(anyio.to_thread.run_sync, lambda: self._update(task_id, index, message=line))
 
         with anyio.fail_after(daemon.settings.PLUGIN_INSTALL_TIMEOUT):
             await runtime.ensure_ready(spec, timeout=daemon.settings.PLUGIN_INSTALL_TIMEOUT, progress=progress)
         await anyio.to_thread.run_sync(
-            lambda: daemon.manager.install(
-                tenant_id, identifier, runtime_type=runtime_type, source=source, meta=meta
-            )
+            lambda: daemon.manager.install(tenant_id, identifier, runtime_type=runtime_type, source=source, meta=meta)
         )
-        await anyio.to_thread.run_sync(
-            lambda: self._update(task_id, index, status=SUCCESS, message="installed")
-        )
+        await anyio.to_thread.run_sync(lambda: self._update(task_id, index, status=SUCCESS, message="installed"))
 
     # --- reading and deleting -----------------------------------------------------------
     def get(self, tenant_id: str, task_id: str) -> dict[str, Any]:

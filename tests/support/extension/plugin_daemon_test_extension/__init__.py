@@ -20,9 +20,7 @@ async def validate(data: dict[str, Any]) -> AsyncIterator[Any]:
 
 
 def build(daemon: Any) -> MemoryRuntime:
-    return MemoryRuntime(
-        {("tool", "invoke_tool"): echo_tool, ("tool", "validate_tool_credentials"): validate}
-    )
+    return MemoryRuntime({("tool", "invoke_tool"): echo_tool, ("tool", "validate_tool_credentials"): validate})
 
 
 @hookimpl
