@@ -190,3 +190,49 @@ def test_plugin_dying_mid_request_fails_at_once(conformance: Target) -> None:
             assert time.monotonic() < deadline, f"plugin did not come back: {events}"
             time.sleep(0.2)
         assert items_of(events)[0]["message"] == {"text": "back"}
+
+
+MODEL_PLUGIN_ID = "tester/mock_llm"
+
+
+def llm_request(upstream_url: str, model: str = "mock-model") -> dict[str, Any]:
+    """A streamed ``llm/invoke`` body for tests/plugins/mock_llm reading from ``upstream_url``."""
+    return {
+        "user_id": "u",
+        "data": {
+            "provider": "mock_llm",
+            "model": model,
+            "model_type": "llm",
+            "credentials": {"endpoint_url": upstream_url},
+            "prompt_messages": [{"role": "user", "content": "hello"}],
+            "model_parameters": {},
+            "stop": [],
+            "tools": [],
+            "stream": True,
+        },
+    }
+
+
+def stream_llm(target: Target, upstream_url: str, model: str = "mock-model") -> list[tuple[float, dict[str, Any]]]:
+    """Each SSE event of a streamed LLM answer with the moment it arrived."""
+    arrivals = []
+    with target.client.stream(
+        "POST",
+        f"/plugin/{target.tenant}/dispatch/llm/invoke",
+        headers={"X-Plugin-ID": MODEL_PLUGIN_ID},
+        json=llm_request(upstream_url, model),
+        timeout=60,
+    ) as response:
+        for line in response.iter_lines():
+            if line:
+                arrivals.append((time.monotonic(), json.loads(line[len("data: ") :])))
+    return arrivals
+
+
+def assert_streamed_as_produced(arrivals: list[tuple[float, dict[str, Any]]], expected: str, span: float) -> None:
+    """The whole answer arrived, in order, and spread over ``span`` seconds: nothing was buffered."""
+    assert all(event["code"] == 0 for _, event in arrivals), arrivals
+    chunks = [event["data"] for _, event in arrivals]
+    assert "".join(chunk["delta"]["message"]["content"] for chunk in chunks) == expected
+    assert chunks[-1]["delta"]["finish_reason"] == "stop"
+    assert arrivals[-1][0] - arrivals[0][0] > span

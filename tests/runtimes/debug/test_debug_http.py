@@ -19,7 +19,15 @@ import httpx
 import pytest
 
 from tests.conformance.suite import *  # noqa: F403
-from tests.conformance.suite import Target, call_tool, items_of, plugin_error, sse
+from tests.conformance.suite import (
+    Target,
+    assert_streamed_as_produced,
+    call_tool,
+    items_of,
+    plugin_error,
+    sse,
+    stream_llm,
+)
 from tests.runtimes.debug.debug_support import (
     TENANT,
     SdkPlugin,
@@ -152,36 +160,8 @@ def test_a_model_plugin_streams_chunk_by_chunk(server: DaemonServer, home: Path)
     try:
         wait_installed(server.client, "tester/mock_llm")
         with OpenAIServer(chunks=5, delay=0.2) as upstream:
-            body = {
-                "user_id": "u",
-                "data": {
-                    "provider": "mock_llm",
-                    "model": "mock-model",
-                    "model_type": "llm",
-                    "credentials": {"endpoint_url": upstream.url},
-                    "prompt_messages": [{"role": "user", "content": "hello"}],
-                    "model_parameters": {},
-                    "stop": [],
-                    "tools": [],
-                    "stream": True,
-                },
-            }
-            arrivals = []
-            with server.client.stream(
-                "POST",
-                f"/plugin/{TENANT}/dispatch/llm/invoke",
-                headers={"X-Plugin-ID": "tester/mock_llm"},
-                json=body,
-                timeout=60,
-            ) as response:
-                for text in response.iter_lines():
-                    if text:
-                        arrivals.append((time.monotonic(), json.loads(text[len("data: ") :])))
-            assert all(event["code"] == 0 for _, event in arrivals), arrivals
-            chunks = [event["data"] for _, event in arrivals]
-            assert "".join(c["delta"]["message"]["content"] for c in chunks) == upstream.expected_content()
-            assert chunks[-1]["delta"]["finish_reason"] == "stop"
-            assert arrivals[-1][0] - arrivals[0][0] > 0.5  # streamed as produced, not buffered
+            arrivals = stream_llm(Target(server.client, TENANT), upstream.url)
+            assert_streamed_as_produced(arrivals, upstream.expected_content(), span=0.5)  # not buffered
     finally:
         plugin.kill()
     wait_uninstalled(server.client, "tester/mock_llm")

@@ -17,7 +17,15 @@ import pytest
 from plugin_daemon.packages import build_package
 
 from tests.conformance.suite import *  # noqa: F403
-from tests.conformance.suite import Target, call_tool, items_of, plugin_error, sse
+from tests.conformance.suite import (
+    Target,
+    assert_streamed_as_produced,
+    call_tool,
+    items_of,
+    plugin_error,
+    sse,
+    stream_llm,
+)
 from tests.conftest import TEST_KEY
 from tests.core.test_management_api import envelope, upload, wait_task
 from tests.runtimes.local.local_runtime_support import PLUGINS, make_settings
@@ -174,38 +182,8 @@ def test_permission_denied_without_manifest_grant(server: DaemonServer) -> None:
 def test_stream_llm_from_a_model_plugin_chunk_by_chunk(server: DaemonServer) -> None:
     install(server, "mock_llm")
     with OpenAIServer(chunks=5, delay=0.2) as upstream:
-        body = {
-            "user_id": "u",
-            "data": {
-                "provider": "mock_llm",
-                "model": "mock-model",
-                "model_type": "llm",
-                "credentials": {"endpoint_url": upstream.url},
-                "prompt_messages": [{"role": "user", "content": "hello"}],
-                "model_parameters": {},
-                "stop": [],
-                "tools": [],
-                "stream": True,
-            },
-        }
-        arrivals = []
-        with server.client.stream(
-            "POST",
-            f"/plugin/{TENANT}/dispatch/llm/invoke",
-            headers={"X-Plugin-ID": "tester/mock_llm"},
-            json=body,
-            timeout=60,
-        ) as response:
-            for line in response.iter_lines():
-                if line:
-                    arrivals.append((time.monotonic(), json.loads(line[len("data: ") :])))
-        chunks = [event["data"] for _, event in arrivals]
-        assert all(event["code"] == 0 for _, event in arrivals), arrivals
-        text = "".join(chunk["delta"]["message"]["content"] for chunk in chunks)
-        assert text == upstream.expected_content()
-        assert chunks[-1]["delta"]["finish_reason"] == "stop"
-        # streamed as produced: the first chunk arrived well before the last (5 chunks, 0.2 s apart)
-        assert arrivals[-1][0] - arrivals[0][0] > 0.5
+        arrivals = stream_llm(Target(server.client, TENANT), upstream.url)
+        assert_streamed_as_produced(arrivals, upstream.expected_content(), span=0.5)  # 5 chunks, 0.2 s apart
 
         validate = sse(
             server.client.post(

@@ -18,7 +18,16 @@ import pytest
 from plugin_daemon.protocol.messages import encode_request
 
 from tests.conformance.suite import *  # noqa: F403
-from tests.conformance.suite import Target, call_tool, items_of, plugin_error, sse
+from tests.conformance.suite import (
+    Target,
+    assert_streamed_as_produced,
+    call_tool,
+    items_of,
+    llm_request,
+    plugin_error,
+    sse,
+    stream_llm,
+)
 from tests.runtimes.serverless.serverless_support import (
     SIGNING_SECRET,
     ConnectorServer,
@@ -67,23 +76,6 @@ def mock_llm(server: DaemonServer) -> str:
     return install(server, "mock_llm", TENANT)
 
 
-def llm_body(upstream: OpenAIServer, model: str = "mock-model") -> dict[str, Any]:
-    return {
-        "user_id": "u",
-        "data": {
-            "provider": "mock_llm",
-            "model": model,
-            "model_type": "llm",
-            "credentials": {"endpoint_url": upstream.url},
-            "prompt_messages": [{"role": "user", "content": "hello"}],
-            "model_parameters": {},
-            "stop": [],
-            "tools": [],
-            "stream": True,
-        },
-    }
-
-
 def test_installed_as_a_function(server: DaemonServer, connector: ConnectorServer) -> None:
     listing = server.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}).json()
     echo = next(item for item in listing["data"]["list"] if item["plugin_id"] == "tester/echo_tool")
@@ -113,23 +105,9 @@ def test_tool_answer_from_a_function_in_serverless_mode(server: DaemonServer, da
 
 def test_llm_answer_streams_chunk_by_chunk(server: DaemonServer, mock_llm: str) -> None:
     with OpenAIServer(chunks=5, delay=0.3) as upstream:
-        arrivals = []
-        with server.client.stream(
-            "POST",
-            f"/plugin/{TENANT}/dispatch/llm/invoke",
-            headers={"X-Plugin-ID": "tester/mock_llm"},
-            json=llm_body(upstream),
-            timeout=60,
-        ) as response:
-            for line in response.iter_lines():
-                if line:
-                    arrivals.append((time.monotonic(), json.loads(line[len("data: ") :])))
-        assert all(event["code"] == 0 for _, event in arrivals), arrivals
-        chunks = [event["data"] for _, event in arrivals]
-        assert "".join(chunk["delta"]["message"]["content"] for chunk in chunks) == upstream.expected_content()
-        assert chunks[-1]["delta"]["finish_reason"] == "stop"
+        arrivals = stream_llm(Target(server.client, TENANT), upstream.url)
         # each chunk left the function when the upstream produced it: 5 chunks 0.3 s apart
-        assert arrivals[-1][0] - arrivals[0][0] > 0.9
+        assert_streamed_as_produced(arrivals, upstream.expected_content(), span=0.9)
 
 
 def test_storage_backwards_calls_over_the_transaction_route(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
@@ -229,7 +207,7 @@ def test_function_dying_mid_stream_fails_the_call_at_once(
             "POST",
             f"/plugin/{TENANT}/dispatch/llm/invoke",
             headers={"X-Plugin-ID": "tester/mock_llm"},
-            json=llm_body(upstream),
+            json=llm_request(upstream.url),
             timeout=60,
         ) as response:
             lines = response.iter_lines()
@@ -255,7 +233,7 @@ def test_function_dying_mid_stream_fails_the_call_at_once(
             server.client.post(
                 f"/plugin/{TENANT}/dispatch/llm/invoke",
                 headers={"X-Plugin-ID": "tester/mock_llm"},
-                json=llm_body(upstream),
+                json=llm_request(upstream.url),
                 timeout=60,
             )
         )
