@@ -99,24 +99,7 @@ class PluginManager:
         for media_id, content in decoded.assets.items():
             self.media.put(media_id, content)
         self.packages.put(f"{decoded.checksum}.difypkg", data)
-        identifier = str(decoded.identifier)
-        with self.db.transaction() as session:
-            row = session.scalar(
-                select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
-            )
-            if row is None:
-                session.add(
-                    PluginDeclarationRow(
-                        plugin_unique_identifier=identifier,
-                        plugin_id=decoded.identifier.plugin_id,
-                        checksum=decoded.checksum,
-                        declaration=decoded.declaration,
-                        verification=decoded.verification,
-                    )
-                )
-            else:
-                row.declaration = decoded.declaration
-                row.verification = decoded.verification
+        self.register_declaration(str(decoded.identifier), decoded.declaration, decoded.verification)
 
     @staticmethod
     def _decode_response(identifier: str, declaration: dict[str, Any], verification: Any) -> dict[str, Any]:
@@ -145,7 +128,7 @@ class PluginManager:
     def register_declaration(
         self, identifier: str, declaration: dict[str, Any], verification: dict[str, Any] | None = None
     ) -> None:
-        """Keep a declaration that did not come from an uploaded package (a debug plugin)."""
+        """Keep (or replace) the declaration of an identifier: an uploaded package's, or a debug plugin's."""
         parsed = parse_identifier(identifier)
         with self.db.transaction() as session:
             row = session.scalar(
@@ -163,6 +146,7 @@ class PluginManager:
                 )
             else:
                 row.declaration = declaration
+                row.verification = verification
         self._specs.pop(identifier, None)
 
     # --- specs for runtimes -----------------------------------------------------------

@@ -7,15 +7,11 @@ first, so the connector can give functions the daemon's URL for their backwards 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import uvicorn
 from plugin_daemon.packages import build_package
 from plugin_daemon_serverless.connector.app import create_connector_app
 from plugin_daemon_serverless.connector.local.provider import LocalProvider
@@ -25,7 +21,7 @@ from plugin_daemon_serverless.connector.provider import load_provider
 from tests.conftest import TEST_KEY
 from tests.core.test_management_api import envelope, upload, wait_task
 from tests.runtimes.local.local_runtime_support import PLUGINS, SHARED_WORK, make_settings
-from tests.support.daemon_server import DaemonServer, free_port
+from tests.support.daemon_server import AppServer, DaemonServer, free_port
 
 CONNECTOR_KEY = "connector-key-for-tests-7c1f"
 SIGNING_SECRET = "signing-secret-for-tests-19ab"
@@ -33,7 +29,7 @@ START_DEADLINE = 30.0
 INSTALL_DEADLINE = 600.0
 
 
-class ConnectorServer:
+class ConnectorServer(AppServer):
     """``plugin-daemon connector --provider local`` in a thread; ``client`` carries the key."""
 
     def __init__(self, home: Path, *, daemon_url: str, port: int | None = None, **options: Any) -> None:
@@ -52,34 +48,9 @@ class ConnectorServer:
         provider = load_provider("local", self.options)
         assert isinstance(provider, LocalProvider)
         self.provider: LocalProvider = provider
-        config = uvicorn.Config(
-            create_connector_app(provider, self.options),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
+        super().__init__(
+            create_connector_app(provider, self.options), "connector", {"Authorization": CONNECTOR_KEY}, port=self.port
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="connector-under-test", daemon=True)
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": CONNECTOR_KEY}, timeout=30)
-
-    def start(self) -> ConnectorServer:
-        self.thread.start()
-        deadline = time.monotonic() + START_DEADLINE
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the connector under test exited during start-up")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the connector under test did not start in time")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        if self.thread.is_alive():
-            raise RuntimeError("the connector under test did not stop within 30 s")
 
     def functions(self) -> dict[str, dict[str, Any]]:
         response = self.client.get("/v1/emulator/functions")
