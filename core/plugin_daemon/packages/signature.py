@@ -13,13 +13,16 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING
 
 from .archive import Archive, read_archive, write_archive
 from .errors import PackageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+# cryptography (about 10 MB resident) is imported where a signature is actually checked or made,
+# not when the daemon starts: most daemons never see a signed package.
 
 VERIFICATION_FILE = ".verification.dify.json"
 DEFAULT_AUTHORIZED_CATEGORY = "langgenius"  # a verified package without the file: signed by Dify itself
@@ -37,6 +40,10 @@ def signed_data(files: Mapping[str, bytes], signed_at: int) -> bytes:
 
 
 def load_public_keys(pems: Sequence[bytes]) -> list[rsa.RSAPublicKey]:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     keys = []
     for index, pem in enumerate(pems, start=1):
         try:
@@ -62,6 +69,10 @@ def check_signature(archive: Archive, keys: Sequence[rsa.RSAPublicKey]) -> Signa
         return SignatureCheck(False, 'the zip comment is not a signature of the form {"signature": ..., "time": ...}')
     if not keys:
         return SignatureCheck(False, "no public key is configured to check its signature")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     data = signed_data(archive.files, signed_at)
     for key in keys:
         try:
@@ -91,6 +102,10 @@ def verification_record(files: Mapping[str, bytes]) -> dict[str, str]:
 
 
 def sign_package(data: bytes, private_key_pem: bytes, *, authorized_category: str = "community") -> bytes:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     """Return ``data`` re-zipped with a ``.verification.dify.json`` and signed in the zip comment."""
     archive = read_archive(data)
     try:
