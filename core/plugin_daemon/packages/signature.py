@@ -40,6 +40,8 @@ def signed_data(files: Mapping[str, bytes], signed_at: int) -> bytes:
 
 
 def load_public_keys(pems: Sequence[bytes]) -> list[rsa.RSAPublicKey]:
+    if not pems:
+        return []
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
