@@ -258,8 +258,8 @@ class Durations:
     starts: int  # warm starts measured
 
 
-FULL = Durations(latency=3.0, load=2.0, warmup=0.3, rounds=2, streams=5, starts=3)
-QUICK = Durations(latency=1.0, load=1.0, warmup=0.2, rounds=1, streams=2, starts=1)
+FULL = Durations(latency=3.0, load=2.0, warmup=0.3, rounds=2, streams=15, starts=5)
+QUICK = Durations(latency=1.0, load=1.0, warmup=0.2, rounds=1, streams=5, starts=1)
 
 
 async def http_load(target: HttpTarget, callers: int, duration: float, warmup: float) -> LoadResult:
@@ -456,6 +456,8 @@ async def measure_streams(
     runs: dict[str, list[StreamRun]] = {"daemon": [], "direct": [], "daemon_paced": [], "direct_paced": []}
     await stream_through(daemon, upstream, 5, 0.0)  # warm: first connection to the upstream
     for _ in range(durations.streams):
+        # a short answer first: the daemon has just been thawed and catches up on what its timers missed
+        await stream_through(daemon, upstream, 5, 0.0)
         runs["daemon"].append(await stream_through(daemon, upstream, STREAM_CHUNKS, 0.0))
         runs["daemon_paced"].append(await stream_through(daemon, upstream, PACED_CHUNKS, PACED_DELAY))
         async with direct_to(daemon, pid, report) as plugin:
@@ -733,6 +735,10 @@ def _stream_figures(report: Report, streams: dict[str, list[StreamRun]]) -> None
     section = f"streamed LLM, {STREAM_CHUNKS} chunks"
     first = statistics.median(run.first for run in streams["daemon"]) * 1000
     first_direct = statistics.median(run.first for run in streams["direct"]) * 1000
+    # the added time is the median of the differences of runs taken side by side (daemon, then direct):
+    # the plugin's own time to first chunk drifts by milliseconds between runs far apart
+    pairs = zip(streams["daemon"], streams["direct"], strict=True)
+    added = statistics.median((through.first - direct.first) * 1000 for through, direct in pairs)
     report.add(
         Figure(
             section,
@@ -740,10 +746,10 @@ def _stream_figures(report: Report, streams: dict[str, list[StreamRun]]) -> None
             "ms",
             daemon=first,
             direct=first_direct,
-            compared=first - first_direct,
+            compared=added,
             compare="overhead",
             target="≤ +2 ms",
-            ok=first - first_direct <= 2.0,
+            ok=added <= 2.0,
         )
     )
     rate = statistics.median(run.rate for run in streams["daemon"])
