@@ -1,4 +1,5 @@
 import json
+import socket
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,13 @@ from dify_plugin.errors.model import (
 )
 
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+
+
+def _client(timeout: Any) -> httpx.Client:
+    """An upstream client whose small writes go out at once: with Nagle's algorithm on, the request
+    body would wait for the server's (delayed, up to 40 ms) acknowledgement of the headers."""
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    return httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(socket_options=nodelay))
 
 
 def _text_of(message: PromptMessage) -> str:
@@ -104,7 +112,7 @@ class MockLargeLanguageModel(LargeLanguageModel):
         url: str,
         body: dict[str, Any],
     ) -> LLMResult:
-        with httpx.Client(timeout=TIMEOUT) as client:
+        with _client(TIMEOUT) as client:
             response = client.post(url, json=body, headers=_headers(credentials))
             _raise_for_status(response)
             payload = response.json()
@@ -132,7 +140,7 @@ class MockLargeLanguageModel(LargeLanguageModel):
     ) -> Generator[LLMResultChunk, None, None]:
         try:
             with (
-                httpx.Client(timeout=TIMEOUT) as client,
+                _client(TIMEOUT) as client,
                 client.stream("POST", url, json=body, headers=_headers(credentials)) as response,
             ):
                 _raise_for_status(response)
@@ -205,7 +213,7 @@ class MockLargeLanguageModel(LargeLanguageModel):
     def validate_credentials(self, model: str, credentials: Mapping) -> None:
         try:
             url = _base_url(credentials) + "/models"
-            with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
+            with _client(httpx.Timeout(10.0)) as client:
                 response = client.get(url, headers=_headers(credentials))
         except (httpx.HTTPError, InvokeError) as exc:
             raise CredentialsValidateFailedError(f"endpoint does not answer: {exc}") from exc
