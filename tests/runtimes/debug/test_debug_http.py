@@ -49,12 +49,6 @@ ECHO = "tester/echo_tool"
 
 
 @pytest.fixture(scope="module")
-def inner_api() -> Iterator[DifyInnerAPI]:
-    with DifyInnerAPI(key="inner-key") as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("debug-http-home")
 

@@ -55,12 +55,6 @@ def install(server: DaemonServer, plugin: str, tenant: str = TENANT) -> str:
 
 
 @pytest.fixture(scope="module")
-def inner_api() -> Iterator[DifyInnerAPI]:
-    with DifyInnerAPI(key="inner-key") as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("local-http-home")
 
