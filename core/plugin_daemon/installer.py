@@ -47,6 +47,8 @@ class Installer:
         self.daemon = daemon
         #: task rows are read, changed and written back; one writer at a time keeps every change
         self._writing = threading.Lock()
+        #: (tenant_id, plugin_id) -> id of the task installing it now (dispatch names it in its error)
+        self.installing: dict[tuple[str, str], str] = {}
 
     @property
     def db(self):  # noqa: ANN201
@@ -147,6 +149,8 @@ class Installer:
             identifier = identifiers[index]
             meta = metas[index] if metas else {}
             await self._set(task_id, index, status=RUNNING, message="installing")
+            key = (tenant_id, parse_identifier(identifier).plugin_id)
+            self.installing[key] = task_id
             try:
                 await self.install_one(task_id, index, tenant_id, identifier, source, meta)
             except (PluginUnavailable, DaemonError) as exc:
@@ -156,6 +160,9 @@ class Installer:
             except Exception as exc:  # an unexpected bug must still end the task truthfully
                 log.exception("install of %s failed", identifier)
                 await self._set(task_id, index, status=FAILED, message=f"internal error: {exc}")
+            finally:
+                if self.installing.get(key) == task_id:
+                    del self.installing[key]
 
     async def install_one(
         self, task_id: str, index: int, tenant_id: str, identifier: str, source: str, meta: dict[str, Any]

@@ -7,6 +7,7 @@ the runtime closes every session with ``end``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -56,6 +57,8 @@ class MemoryRuntime(Runtime):
         self.states: dict[str, InstanceState] = {}
         self.launched: list[str] = []
         self.failing: dict[str, str] = {}
+        #: identifier -> an event its launch waits for (a test holds an install "in progress" with it)
+        self.holds: dict[str, threading.Event] = {}
 
     async def ensure_ready(
         self, spec: PluginSpec, *, timeout: float, progress: Callable[[str], None] | None = None
@@ -65,6 +68,9 @@ class MemoryRuntime(Runtime):
             raise PluginUnavailable("failed", self.failing[spec.identifier])
         if progress:
             progress("starting in memory")
+        hold = self.holds.get(spec.identifier)
+        if hold is not None and not await anyio.to_thread.run_sync(hold.wait, timeout):
+            raise PluginUnavailable("starting", f"{spec.identifier} did not start within {timeout:g} s")
         await anyio.lowlevel.checkpoint()
         self.states[spec.identifier] = InstanceState.READY
         self.launched.append(spec.identifier)

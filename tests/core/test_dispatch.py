@@ -16,7 +16,7 @@ import pytest
 from plugin_daemon.hookspecs import hookimpl
 from plugin_daemon.packages import build_package
 from plugin_daemon.plugins import load_extensions
-from plugin_daemon.runtime import EventKind, SessionEvent
+from plugin_daemon.runtime import EventKind, InstanceState, SessionEvent
 from plugin_daemon.runtime_memory import MemoryRuntime
 
 from tests.core.test_management_api import TENANT, envelope, install, sse_items, upload
@@ -159,3 +159,37 @@ def test_agent_strategy_blob_chunks_are_merged(server) -> None:  # type: ignore[
     assert blob["type"] == "blob"
     assert base64.b64decode(blob["message"]["blob"]) == b"x" * 20000
     assert blob["meta"] == {"mime_type": "text/plain"}
+
+
+def test_errors_say_whether_a_plugin_is_missing_installing_or_failed(make_settings) -> None:  # type: ignore[no-untyped-def]
+    with running_daemon(make_settings(PLATFORM="scripted"), scripted_extensions()) as running:
+        client = running.client
+        runtime = running.daemon.control_panel.runtime("scripted")
+        missing = call(client, "fail")
+        assert missing.status_code == 404
+        assert "is not installed" in json.loads(missing.json()["message"])["message"]
+
+        identifier = envelope(upload(client, build_package(ECHO_TOOL)))["unique_identifier"]
+        runtime.holds[identifier] = threading.Event()
+        started = envelope(
+            client.post(
+                f"/plugin/{TENANT}/management/install/identifiers",
+                json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+            )
+        )
+        wait_for(lambda: running.daemon.installer.installing, 10, "the install to start")
+        installing = call(client, "fail")
+        assert installing.status_code == 404
+        error = json.loads(installing.json()["message"])
+        assert "still being installed" in error["message"] and started["task_id"] in error["message"]
+        assert error["args"] == {"reason": "installing", "task_id": started["task_id"]}
+        runtime.holds[identifier].set()
+        wait_for(lambda: not running.daemon.installer.installing, 10, "the install to end")
+
+        runtime.states[identifier] = InstanceState.FAILED
+        runtime.failing[identifier] = "it exited with code 3"
+        failed = sse_items(call(client, "fail"))
+        message = json.loads(failed[0]["message"])
+        assert message["error_type"] == "PluginDaemonInternalServerError"
+        assert "(failed): it exited with code 3" in message["message"]
+        assert "failed to start" in message["message"]

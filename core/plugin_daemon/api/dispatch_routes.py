@@ -97,6 +97,18 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
+def _not_installed(daemon: Any, tenant_id: str, plugin_id: str) -> PluginNotFound:
+    task_id = daemon.installer.installing.get((tenant_id, plugin_id))
+    if task_id is not None:
+        return PluginNotFound(
+            f"plugin {plugin_id} is still being installed for tenant {tenant_id} (install task {task_id}); "
+            "call again when the task has succeeded",
+            args={"reason": "installing", "task_id": task_id},
+            http_status=404,
+        )
+    return PluginNotFound(f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404)
+
+
 _SSE_START: Message = {
     "type": "http.response.start",
     "status": 200,
@@ -139,7 +151,7 @@ class DispatchEndpoint:
                 if installation is False:
                     installation = await anyio.to_thread.run_sync(daemon.manager.installation, tenant_id, plugin_id)
                 if installation is None:
-                    raise PluginNotFound(f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404)
+                    raise _not_installed(daemon, tenant_id, plugin_id)
                 identifier, runtime_type = installation.identifier, installation.runtime_type
             body = _parse(await _read_body(receive), access)
             fields = {
