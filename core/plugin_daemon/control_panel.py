@@ -37,7 +37,7 @@ class ControlPanel:
 
     async def spec(self, identifier: str) -> PluginSpec:
         manager = self.daemon.manager
-        cached = manager._specs.get(identifier)
+        cached = manager.cached_spec(identifier)
         if cached is not None:
             return cached
         return await anyio.to_thread.run_sync(manager.spec, identifier)

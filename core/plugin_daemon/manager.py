@@ -147,7 +147,7 @@ class PluginManager:
             else:
                 row.declaration = declaration
                 row.verification = verification
-        self._specs.pop(identifier, None)
+        self.forget_spec(identifier)
 
     # --- specs for runtimes -----------------------------------------------------------
     def spec(self, identifier: str) -> PluginSpec:
@@ -189,6 +189,17 @@ class PluginManager:
             )
         self._installations[key] = found
         return found
+
+    def cached_installation(self, tenant_id: str, plugin_id: str) -> Installation | None | bool:
+        """The installation if it is cached (None: known to be absent); False when not cached yet."""
+        return self._installations.get((tenant_id, plugin_id), False)
+
+    def cached_spec(self, identifier: str) -> PluginSpec | None:
+        return self._specs.get(identifier)
+
+    def forget_spec(self, identifier: str) -> None:
+        """Drop the cached spec of an identifier (its declaration changed or it is gone)."""
+        self._specs.pop(identifier, None)
 
     def _forget(self, tenant_id: str, plugin_id: str) -> None:
         self._installations.pop((tenant_id, plugin_id), None)

@@ -147,7 +147,7 @@ class DispatchEndpoint:
                 plugin_id = _header(scope, b"x-plugin-id")
                 if not plugin_id:
                     raise BadRequest("plugin_id is required", http_status=400)
-                installation = daemon.manager._installations.get((tenant_id, plugin_id), False)
+                installation = daemon.manager.cached_installation(tenant_id, plugin_id)
                 if installation is False:
                     installation = await anyio.to_thread.run_sync(daemon.manager.installation, tenant_id, plugin_id)
                 if installation is None:

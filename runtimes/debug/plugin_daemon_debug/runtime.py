@@ -198,7 +198,7 @@ class DebugRuntime(Runtime):
                     await anyio.to_thread.run_sync(self._install, newest.plugin)
                 return
             await anyio.to_thread.run_sync(self.manager.uninstall, plugin.tenant_id, installation.id)
-            self.manager._specs.pop(installation.identifier, None)  # no stale spec of a gone identity
+            self.manager.forget_spec(installation.identifier)  # no stale spec of a gone identity
 
     # --- logs and traces --------------------------------------------------------------------
 
