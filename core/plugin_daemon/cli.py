@@ -103,6 +103,8 @@ def serve(host: str | None, port: int | None) -> None:
         port=port or settings.SERVER_PORT,
         log_level=settings.LOG_LEVEL.lower(),
         access_log=False,
+        server_header=False,  # nothing reads them; each costs work on every response
+        date_header=False,
         timeout_graceful_shutdown=10,
     )
 
