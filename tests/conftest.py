@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,3 +60,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+ECHO_TOOL_NEW = Path(__file__).parent / "plugins" / "echo_tool_new"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def echo_tool_new_lock() -> None:
+    """Give tests/plugins/echo_tool_new its uv.lock, as its author would with ``uv lock``.
+
+    The repository keeps no lock file (a lock names the package index it resolved against), so
+    the first test session of a checkout makes it, with the Python 3.12 the plugin asks for.
+    """
+    if (ECHO_TOOL_NEW / "uv.lock").exists():
+        return
+    import anyio
+    from plugin_daemon_local.interpreters import InterpreterFinder
+    from uv import find_uv_bin
+
+    uv = find_uv_bin()
+    python = anyio.run(InterpreterFinder(uv_bin=uv).find, "3.12")
+    if not python.matches:
+        pytest.fail(f"tests/plugins/echo_tool_new needs Python 3.12, found only {python.version}")
+    subprocess.run(
+        [uv, "lock", "--python", python.path],
+        cwd=ECHO_TOOL_NEW,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
