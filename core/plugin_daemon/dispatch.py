@@ -253,28 +253,10 @@ async def open_session(
     return session, channel
 
 
-async def start_session(
-    daemon: Daemon,
-    *,
-    tenant_id: str,
-    user_id: str,
-    plugin_id: str,
-    identifier: str,
-    runtime_type: str,
-    access: Access,
-    body: dict[str, Any],
-) -> AsyncIterator[bytes]:
-    """Open a session on a ready instance, run it as a task of the daemon, and return its SSE byte stream."""
-    session, channel = await open_session(
-        daemon,
-        tenant_id=tenant_id,
-        user_id=user_id,
-        plugin_id=plugin_id,
-        identifier=identifier,
-        runtime_type=runtime_type,
-        access=access,
-        body=body,
-    )
+async def start_session(daemon: Daemon, *, access: Access, **fields: Any) -> AsyncIterator[bytes]:
+    """Open a session (the fields of :func:`open_session`), run it as a task of the daemon, and
+    return its SSE byte stream."""
+    session, channel = await open_session(daemon, access=access, **fields)
     send, receive = anyio.create_memory_object_stream[bytes](64)
     daemon.task_group.start_soon(
         lambda: run_session(daemon, session, channel, send, merge_blobs=access.type == "agent_strategy")
