@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -98,6 +99,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # bursts of concurrent connections in benchmarks
     allow_reuse_address = True
     owner: LoopbackHTTPServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that leaves (reset, broken pipe) is normal here; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Responder:
