@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,12 @@ from sqlalchemy import delete, func, select
 
 from plugin_daemon.buckets import Bucket
 from plugin_daemon.config import Settings
-from plugin_daemon.errors import BadRequest, NotFound, UniqueIdentifierError
+from plugin_daemon.errors import BadRequest, InternalError, NotFound, UniqueIdentifierError
 from plugin_daemon.packages import DecodedPackage, PackageError, PluginIdentifier, decode_package
+from plugin_daemon.packages.archive import read_entries
+from plugin_daemon.packages.assets import ASSETS_FOLDER
+from plugin_daemon.packages.bundle import decode_bundle
+from plugin_daemon.packages.readme import DEFAULT_LANGUAGE, is_readme, pick_readme, readmes
 from plugin_daemon.runtime import PluginSpec
 from plugin_daemon.store.database import Database
 from plugin_daemon.store.models import (
@@ -77,13 +82,53 @@ class PluginManager:
 
     def upload(self, data: bytes, *, verify_signature: bool) -> dict[str, Any]:
         """Decode, validate and keep a package; returns the Dify ``PluginDecodeResponse``."""
+        decoded = self._decode(data, verify_signature=verify_signature)
+        self._keep(decoded, data)
+        return self._decode_response(str(decoded.identifier), decoded.declaration, decoded.verification)
+
+    def upload_bundle(self, data: bytes, *, verify_signature: bool) -> list[dict[str, Any]]:
+        """Decode a bundle and keep the packages it carries (all of them, or none if one is bad);
+        returns its dependencies as Dify's ``PluginBundleDependency`` list, in the bundle's order."""
+        if len(data) > self.settings.MAX_BUNDLE_PACKAGE_SIZE:
+            raise BadRequest(
+                f"plugin bundle is {len(data)} bytes, over MAX_BUNDLE_PACKAGE_SIZE "
+                f"({self.settings.MAX_BUNDLE_PACKAGE_SIZE} bytes)"
+            )
+        try:
+            bundle = decode_bundle(
+                data,
+                max_size=self.settings.MAX_BUNDLE_PACKAGE_SIZE,
+                max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
+            )
+        except PackageError as exc:
+            raise BadRequest(exc.message) from exc
+        decoded = {}
+        for number, dependency in enumerate(bundle.dependencies):
+            if dependency.package is not None:
+                try:
+                    decoded[number] = self._decode(dependency.package, verify_signature=verify_signature)
+                except BadRequest as exc:
+                    raise BadRequest(f"bundle package {dependency.value['path']!r}: {exc.message}") from exc
+        result = []
+        for number, dependency in enumerate(bundle.dependencies):
+            package = decoded.get(number)
+            if package is None:
+                result.append({"type": dependency.type, "value": dependency.value})
+                continue
+            assert dependency.package is not None
+            self._keep(package, dependency.package)
+            value = {"unique_identifier": str(package.identifier), "manifest": package.declaration}
+            result.append({"type": "package", "value": value})
+        return result
+
+    def _decode(self, data: bytes, *, verify_signature: bool) -> DecodedPackage:
         if len(data) > self.settings.MAX_PLUGIN_PACKAGE_SIZE:
             raise BadRequest(
                 f"plugin package is {len(data)} bytes, over MAX_PLUGIN_PACKAGE_SIZE "
                 f"({self.settings.MAX_PLUGIN_PACKAGE_SIZE} bytes)"
             )
         try:
-            decoded = decode_package(
+            return decode_package(
                 data,
                 max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE,
                 max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
@@ -92,8 +137,6 @@ class PluginManager:
             )
         except PackageError as exc:
             raise BadRequest(exc.message) from exc
-        self._keep(decoded, data)
-        return self._decode_response(str(decoded.identifier), decoded.declaration, decoded.verification)
 
     def _keep(self, decoded: DecodedPackage, data: bytes) -> None:
         for media_id, content in decoded.assets.items():
@@ -120,6 +163,32 @@ class PluginManager:
 
     def manifest(self, identifier: str) -> dict[str, Any]:
         return self.decode_from_identifier(identifier)["manifest"]
+
+    def readme(self, identifier: str, language: str) -> dict[str, str]:
+        """The package's readme in ``language`` (else en_US, else any): ``{"content", "language"}``."""
+        picked = pick_readme(readmes(self._package_entries(identifier, is_readme)), language or DEFAULT_LANGUAGE)
+        if picked is None:
+            raise NotFound(f"plugin package {identifier} has no readme", http_status=404)
+        return {"content": picked[1], "language": picked[0]}
+
+    def extract_asset(self, identifier: str, file_path: str) -> bytes:
+        """The bytes of ``_assets/<file_path>`` in the package."""
+        wanted = ASSETS_FOLDER + file_path
+        found = self._package_entries(identifier, lambda name: name == wanted)
+        if wanted not in found:
+            raise NotFound(f"plugin package {identifier} has no asset {file_path!r}", http_status=404)
+        return found[wanted]
+
+    def _package_entries(self, identifier: str, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+        parse_identifier(identifier)
+        row = self.declaration_row(identifier)
+        data = self.packages.get(f"{row.checksum}.difypkg") if row is not None else None
+        if data is None:
+            raise NotFound(f"plugin package {identifier} is not known; upload it first", http_status=404)
+        try:
+            return read_entries(data, wanted, max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE)
+        except PackageError as exc:
+            raise InternalError(f"plugin package {identifier} cannot be read: {exc.message}") from exc
 
     def package_known(self, identifier: str) -> bool:
         parse_identifier(identifier)

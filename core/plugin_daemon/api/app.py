@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from plugin_daemon.api import dispatch_routes, endpoint_routes, management
 from plugin_daemon.api.envelope import JSONResponse
 from plugin_daemon.api.health import health_check
+from plugin_daemon.api.management import BUNDLE_UPLOAD_SUFFIX
 from plugin_daemon.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from plugin_daemon.daemon import Daemon
 
@@ -57,5 +58,11 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
     app.state.daemon = daemon
     app.add_middleware(dispatch_routes.DispatchFastPath)  # innermost: after the key and size checks
     app.add_middleware(ApiKeyMiddleware, key=daemon.settings.SERVER_KEY)
-    app.add_middleware(BodyLimitMiddleware, limit=daemon.settings.MAX_REQUEST_BODY_SIZE)
+    settings = daemon.settings
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.MAX_REQUEST_BODY_SIZE,
+        # the bundle and the multipart around it
+        limits_by_suffix={BUNDLE_UPLOAD_SUFFIX: settings.MAX_BUNDLE_PACKAGE_SIZE + settings.MAX_REQUEST_BODY_SIZE},
+    )
     return app

@@ -66,6 +66,22 @@ async def upload_package(request: Request) -> Any:
     return await in_thread(lambda: daemon.manager.upload(data, verify_signature=verify))
 
 
+BUNDLE_UPLOAD_SUFFIX = "/management/install/upload/bundle"
+
+
+async def upload_bundle(request: Request) -> Any:
+    daemon = daemon_of(request)
+    tenant(request)
+    limit = daemon.settings.MAX_BUNDLE_PACKAGE_SIZE
+    async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
+        upload = form.get("dify_bundle")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart field 'dify_bundle' (the .difybundle file) is required")
+        data = await upload.read(limit + 1)
+        verify = str(form.get("verify_signature", "false")).lower() == "true"
+    return await in_thread(lambda: daemon.manager.upload_bundle(data, verify_signature=verify))
+
+
 async def install_identifiers(request: Request) -> Any:
     daemon = daemon_of(request)
     tenant_id = tenant(request)
@@ -134,6 +150,20 @@ async def decode_from_identifier(request: Request) -> Any:
 async def fetch_manifest(request: Request) -> Any:
     identifier = await _identifier_param(request)
     return await in_thread(daemon_of(request).manager.manifest, identifier)
+
+
+async def fetch_readme(request: Request) -> Any:
+    identifier = await _identifier_param(request)
+    language = request.query_params.get("language", "")
+    return await in_thread(daemon_of(request).manager.readme, identifier, language)
+
+
+async def extract_asset(request: Request) -> Response:
+    tenant(request)
+    identifier = query(request, "plugin_unique_identifier")
+    file_path = query(request, "file_path")
+    data = await in_thread(daemon_of(request).manager.extract_asset, identifier, file_path)
+    return Response(data, media_type="application/octet-stream")
 
 
 async def fetch_identifier(request: Request) -> Any:
@@ -221,6 +251,7 @@ def routes() -> list[Route]:
     m = f"{base}/management"
     table: list[tuple[str, Handler, list[str]]] = [
         (f"{m}/install/upload/package", upload_package, ["POST"]),
+        (f"{base}{BUNDLE_UPLOAD_SUFFIX}", upload_bundle, ["POST"]),
         (f"{m}/install/identifiers", install_identifiers, ["POST"]),
         (f"{m}/install/upgrade", install_upgrade, ["POST"]),
         (f"{m}/install/tasks", list_tasks, ["GET"]),
@@ -231,6 +262,8 @@ def routes() -> list[Route]:
         (f"{m}/decode/from_identifier", decode_from_identifier, ["GET", "POST"]),
         (f"{m}/fetch/manifest", fetch_manifest, ["GET"]),
         (f"{m}/fetch/identifier", fetch_identifier, ["GET"]),
+        (f"{m}/fetch/readme", fetch_readme, ["GET"]),
+        (f"{base}/extract-asset/", extract_asset, ["GET"]),
         (f"{m}/uninstall", uninstall, ["POST"]),
         (f"{m}/list", list_installations, ["GET"]),
         (f"{m}/installation/ids", installation_ids, ["GET"]),

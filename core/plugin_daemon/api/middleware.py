@@ -46,22 +46,31 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes (413), by Content-Length or while streaming."""
+    """Refuses bodies over ``limit`` bytes (413), by Content-Length or while streaming.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``limits_by_suffix`` gives paths ending so a limit of their own (a bundle upload is larger
+    than any other request).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, limits_by_suffix: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.limits_by_suffix = tuple((limits_by_suffix or {}).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.default_limit
+        for suffix, special in self.limits_by_suffix:
+            if scope["path"].endswith(suffix):
+                limit = special
         declared = -1
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit():
                 declared = int(value)
-                if declared > self.limit:
-                    await _send_error(send, self._too_large(), 413)
+                if declared > limit:
+                    await _send_error(send, _too_large(limit), 413)
                     return
             elif name == b"transfer-encoding":
                 declared = -1  # chunked: the length is only known while reading
@@ -71,7 +80,6 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         received = 0
-        limit = self.limit
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -85,10 +93,11 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await _send_error(send, self._too_large(), 413)
+            await _send_error(send, _too_large(limit), 413)
 
-    def _too_large(self) -> BadRequest:
-        return BadRequest(f"request body is larger than the limit of {self.limit} bytes")
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(f"request body is larger than the limit of {limit} bytes")
 
 
 class BodyTooLarge(Exception):

@@ -7,7 +7,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import PackageError
@@ -62,6 +62,26 @@ def read_archive(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: 
             files[name] = content
         _check_no_file_is_a_folder(files)
         return Archive(files=files, comment=archive.comment)
+
+
+def read_entries(data: bytes, wanted: Callable[[str], bool], *, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, bytes]:
+    """Only the regular files whose name ``wanted`` accepts, read with the same checks as
+    :func:`read_archive` (a package kept by the daemon, read again for one of its files)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zipfile.LargeZipFile, NotImplementedError):
+        raise PackageError("package is not a zip archive that can be read") from None
+    with archive:
+        files: dict[str, bytes] = {}
+        budget = max_size
+        for info in archive.infolist():
+            name = _checked_name(info)
+            if name.endswith("/") or not wanted(name):
+                continue
+            content = _read_entry(archive, info, name, budget, max_size)
+            budget -= len(content)
+            files[name] = content
+        return files
 
 
 def _check_no_file_is_a_folder(files: dict[str, bytes]) -> None:

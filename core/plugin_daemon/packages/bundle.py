@@ -1,0 +1,106 @@
+"""Dify ``.difybundle`` bundles: a zip whose ``manifest.yaml`` (``type: bundle``) lists plugins.
+
+A dependency is one of three kinds, each with its own ``value``:
+
+- ``github``: ``repo_pattern: owner/repo:version/asset.difypkg`` (a release asset);
+- ``marketplace``: ``marketplace_pattern: organization/plugin:version``;
+- ``package``: ``path: name.difypkg``, a package carried in the bundle under ``_assets/``.
+
+Versions are exact (``1.2.3``, ``1.2.3-beta``), caret or tilde (``^1.2.3``, ``~1.2.3``), with
+wildcards (``1.x.x``) or a range (``1.0.0-2.0.0``), as the Go daemon accepts them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .archive import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE, read_archive
+from .assets import ASSETS_FOLDER
+from .errors import PackageError
+from .yaml_loader import load_yaml, scalar_text
+
+_VERSION = r"\d{1,4}(?:\.\d{1,4}){2}(?:-\w{1,16})?"
+_WILDCARD = r"(?:\d{1,4}|[xX])"
+_VERSION_PATTERN = rf"(?:[~^]?{_VERSION}|{_WILDCARD}(?:\.{_WILDCARD}){{2}}|{_VERSION}-{_VERSION})"
+_PLUGIN = r"([a-z0-9_-]{1,64})/([a-z0-9_-]{1,128})"
+GITHUB_PATTERN = re.compile(rf"{_PLUGIN}:({_VERSION_PATTERN})/([^/]+)", re.ASCII)
+MARKETPLACE_PATTERN = re.compile(rf"{_PLUGIN}:({_VERSION_PATTERN})", re.ASCII)
+GITHUB_ADDRESS = "https://github.com"
+
+
+@dataclass(frozen=True)
+class BundleDependency:
+    type: str  # "github", "marketplace" or "package"
+    value: dict[str, str]  # what Dify is told of a github or marketplace dependency; {"path": ...} for a package
+    package: bytes | None = None  # the .difypkg a package dependency carries
+
+
+@dataclass(frozen=True)
+class DecodedBundle:
+    manifest: dict[str, Any]
+    dependencies: list[BundleDependency]
+
+
+def decode_bundle(
+    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> DecodedBundle:
+    """Check and read a .difybundle; raise PackageError saying what is wrong."""
+    try:
+        files = read_archive(data, max_size=max_size, max_entries=max_entries).files
+    except PackageError as exc:
+        raise PackageError(f"bundle: {exc.message}") from None
+    if "manifest.yaml" not in files:
+        raise PackageError("bundle: manifest.yaml is missing from the root of the bundle")
+    manifest = load_yaml(files["manifest.yaml"], "bundle manifest.yaml")
+    if not isinstance(manifest, dict):
+        raise PackageError("bundle manifest.yaml: must be a mapping")
+    if scalar_text(manifest.get("type")) != "bundle":
+        raise PackageError(f"bundle manifest.yaml: type must be 'bundle', not {manifest.get('type')!r}")
+    listed = manifest.get("dependencies")
+    if not isinstance(listed, list):
+        raise PackageError("bundle manifest.yaml: dependencies must be a list")
+    dependencies = [_dependency(number, item, files) for number, item in enumerate(listed, 1)]
+    return DecodedBundle(manifest=manifest, dependencies=dependencies)
+
+
+def _dependency(number: int, item: Any, files: dict[str, bytes]) -> BundleDependency:
+    where = f"bundle manifest.yaml: dependency {number}"
+    if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+        raise PackageError(f"{where}: must be a mapping with 'type' and a 'value' mapping")
+    kind, value = item.get("type"), item["value"]
+    if kind == "github":
+        match = GITHUB_PATTERN.fullmatch(_text(value, "repo_pattern", where))
+        if match is None:
+            raise PackageError(f"{where}: repo_pattern must look like owner/repo:1.0.0/plugin.difypkg")
+        owner, repo, release, asset = match.groups()
+        return BundleDependency(
+            "github",
+            {
+                "repo_address": f"{GITHUB_ADDRESS}/{owner}/{repo}",
+                "repo": f"{owner}/{repo}",
+                "release": release,
+                "packages": asset,
+            },
+        )
+    if kind == "marketplace":
+        match = MARKETPLACE_PATTERN.fullmatch(_text(value, "marketplace_pattern", where))
+        if match is None:
+            raise PackageError(f"{where}: marketplace_pattern must look like organization/plugin:1.0.0")
+        organization, plugin, version = match.groups()
+        return BundleDependency("marketplace", {"organization": organization, "plugin": plugin, "version": version})
+    if kind == "package":
+        path = _text(value, "path", where)
+        package = files.get(ASSETS_FOLDER + path)
+        if package is None:
+            raise PackageError(f"{where}: package {path!r} is not in the bundle's {ASSETS_FOLDER} folder")
+        return BundleDependency("package", {"path": path}, package)
+    raise PackageError(f"{where}: type must be github, marketplace or package, not {kind!r}")
+
+
+def _text(value: dict[str, Any], key: str, where: str) -> str:
+    text = scalar_text(value.get(key))
+    if not isinstance(text, str) or not text:
+        raise PackageError(f"{where}: {key} is required")
+    return text
