@@ -13,11 +13,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from plugin_daemon.packages import build_package, decode_package
 from plugin_daemon.runtime import PluginSpec
 from plugin_daemon_local.environment import EnvironmentBuilder
 
-from tests.runtimes.local.local_runtime_support import BUILD_TIMEOUT, PLUGINS, make_settings
+from tests.runtimes.local.local_runtime_support import BUILD_TIMEOUT, PLUGINS, make_settings, package_spec
 
 
 @pytest.fixture
@@ -37,18 +36,7 @@ def specs(package_dir: Path) -> Callable[[str], PluginSpec]:
 
     def get(name: str) -> PluginSpec:
         if name not in cache:
-            data = build_package(PLUGINS / name)
-            decoded = decode_package(data)
-            path = package_dir / f"{name}.difypkg"
-            path.write_bytes(data)
-            declaration = decoded.declaration
-            cache[name] = PluginSpec(
-                identifier=str(decoded.identifier),
-                plugin_id=f"{declaration['author']}/{declaration['name']}",
-                checksum=decoded.checksum,
-                declaration=declaration,
-                package_path=path,
-            )
+            cache[name] = package_spec(PLUGINS / name, package_dir)
         return cache[name]
 
     return get

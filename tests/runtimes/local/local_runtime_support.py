@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 from plugin_daemon.config import Settings
+from plugin_daemon.packages import build_package, decode_package
 from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon.runtime import PluginSpec, SessionEvent
 
@@ -27,6 +28,22 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def package_spec(folder: Path, package_dir: Path) -> PluginSpec:
+    """The PluginSpec of the plugin in ``folder``, packaged as a .difypkg in ``package_dir``."""
+    data = build_package(folder)
+    decoded = decode_package(data)
+    path = package_dir / f"{folder.name}.difypkg"
+    path.write_bytes(data)
+    declaration = decoded.declaration
+    return PluginSpec(
+        identifier=str(decoded.identifier),
+        plugin_id=f"{declaration['author']}/{declaration['name']}",
+        checksum=decoded.checksum,
+        declaration=declaration,
+        package_path=path,
+    )
 
 
 def tool_request(session_id: str, provider: str, tool: str, parameters: dict[str, Any]) -> bytes:
