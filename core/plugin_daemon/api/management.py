@@ -53,16 +53,21 @@ def in_thread(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
 
 
 # --- packages and installs ----------------------------------------------------------------
-async def upload_package(request: Request) -> Any:
-    daemon = daemon_of(request)
+async def _uploaded_file(request: Request, name: str, what: str, limit: int) -> tuple[bytes, bool]:
+    """The multipart file ``name`` (read up to one byte past ``limit``) and ``verify_signature``."""
     tenant(request)
-    limit = daemon.settings.MAX_PLUGIN_PACKAGE_SIZE
     async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
-        upload = form.get("dify_pkg")
+        upload = form.get(name)
         if not isinstance(upload, UploadFile):
-            raise BadRequest("multipart field 'dify_pkg' (the .difypkg file) is required")
+            raise BadRequest(f"multipart field {name!r} (the {what} file) is required")
         data = await upload.read(limit + 1)
         verify = str(form.get("verify_signature", "false")).lower() == "true"
+    return data, verify
+
+
+async def upload_package(request: Request) -> Any:
+    daemon = daemon_of(request)
+    data, verify = await _uploaded_file(request, "dify_pkg", ".difypkg", daemon.settings.MAX_PLUGIN_PACKAGE_SIZE)
     return await in_thread(lambda: daemon.manager.upload(data, verify_signature=verify))
 
 
@@ -71,14 +76,7 @@ BUNDLE_UPLOAD_SUFFIX = "/management/install/upload/bundle"
 
 async def upload_bundle(request: Request) -> Any:
     daemon = daemon_of(request)
-    tenant(request)
-    limit = daemon.settings.MAX_BUNDLE_PACKAGE_SIZE
-    async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
-        upload = form.get("dify_bundle")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest("multipart field 'dify_bundle' (the .difybundle file) is required")
-        data = await upload.read(limit + 1)
-        verify = str(form.get("verify_signature", "false")).lower() == "true"
+    data, verify = await _uploaded_file(request, "dify_bundle", ".difybundle", daemon.settings.MAX_BUNDLE_PACKAGE_SIZE)
     return await in_thread(lambda: daemon.manager.upload_bundle(data, verify_signature=verify))
 
 
