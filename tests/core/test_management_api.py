@@ -226,7 +226,7 @@ def test_auth_health_and_unknown_routes(make_settings) -> None:
         assert unknown.json() == {"code": "not_found", "message": "route not found"}
 
 
-def _zip(entries: dict[str, bytes]) -> bytes:
+def zip_files(entries: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, content in entries.items():
@@ -244,9 +244,9 @@ def test_bad_input_is_refused_and_changes_nothing(make_settings, echo_package) -
         assert not_zip["error_type"] == "PluginDaemonBadRequestError"
         assert "zip" in not_zip["message"]
 
-        slip = error_of(upload(client, _zip({"manifest.yaml": b"x", "../evil.py": b"print(1)"})))
+        slip = error_of(upload(client, zip_files({"manifest.yaml": b"x", "../evil.py": b"print(1)"})))
         assert "escape" in slip["message"] or ".." in slip["message"]
-        absolute = error_of(upload(client, _zip({"/etc/evil": b"x"})))
+        absolute = error_of(upload(client, zip_files({"/etc/evil": b"x"})))
         assert "/etc/evil" in absolute["message"]
 
         oversize = error_of(upload(client, b"0" * (len(echo_package) * 4 + 1)))
@@ -255,7 +255,7 @@ def test_bad_input_is_refused_and_changes_nothing(make_settings, echo_package) -
         with zipfile.ZipFile(io.BytesIO(echo_package)) as archive:
             files = {info.filename: archive.read(info.filename) for info in archive.infolist()}
         files["manifest.yaml"] = files["manifest.yaml"].replace(b"version: 0.0.1\n", b"version: banana\n", 1)
-        bad_manifest = error_of(upload(client, _zip(files)))
+        bad_manifest = error_of(upload(client, zip_files(files)))
         assert "version" in bad_manifest["message"]
 
         no_file = client.post(f"{m}/install/upload/package", data={"verify_signature": "false"})

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from plugin_daemon.packages import build_package
 
-from tests.core.test_management_api import ECHO_TOOL, TENANT, envelope, error_of, install, upload
+from tests.core.test_management_api import ECHO_TOOL, TENANT, envelope, error_of, install, upload, zip_files
 from tests.support.daemon_server import running_daemon
 
 M = f"/plugin/{TENANT}/management"
@@ -26,14 +26,6 @@ ICON = (ECHO_TOOL / "_assets" / "icon.svg").read_bytes()
 def _files(package: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(package)) as archive:
         return {info.filename: archive.read(info.filename) for info in archive.infolist()}
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
 
 
 def _variant(tmp_path: Path, name: str, extra: dict[str, str] | None = None) -> bytes:
@@ -133,7 +125,7 @@ def _bundle(dependencies: list[dict[str, Any]], packages: dict[str, bytes], **ma
     }
     files = {"manifest.yaml": yaml.safe_dump(document).encode(), "_assets/icon.svg": ICON}
     files.update({f"_assets/{path}": data for path, data in packages.items()})
-    return _zip(files)
+    return zip_files(files)
 
 
 def _upload_bundle(client: httpx.Client, bundle: bytes, verify: bool = False) -> httpx.Response:
@@ -207,7 +199,7 @@ def test_a_bad_bundle_is_refused_whole_and_keeps_nothing(make_settings, two_pack
         refused(
             _bundle(
                 [package_dependency, {"type": "package", "value": {"path": "broken.difypkg"}}],
-                {"first.difypkg": first, "broken.difypkg": _zip(broken)},
+                {"first.difypkg": first, "broken.difypkg": zip_files(broken)},
             ),
             "broken.difypkg",
             "version",
@@ -218,8 +210,8 @@ def test_a_bad_bundle_is_refused_whole_and_keeps_nothing(make_settings, two_pack
         refused(_bundle([{"type": "marketplace", "value": {"marketplace_pattern": "a/b"}}], {}), "marketplace")
         refused(_bundle([{"type": "ftp", "value": {"path": "x"}}], {}), "ftp")
         refused(_bundle([package_dependency], {"first.difypkg": first}), "signature", verify=True)
-        refused(_zip({"manifest.yaml": b"type: bundle\ndependencies: []\n", "../escape": b"x"}), "escape")
-        refused(_zip({"README.md": b"no manifest"}), "manifest.yaml")
+        refused(zip_files({"manifest.yaml": b"type: bundle\ndependencies: []\n", "../escape": b"x"}), "escape")
+        refused(zip_files({"README.md": b"no manifest"}), "manifest.yaml")
         refused(b"not a zip at all", "zip")
         refused(b"0" * (len(first) * 8 + 1), "MAX_BUNDLE_PACKAGE_SIZE")
         no_file = client.post(f"{M}/install/upload/bundle", data={"verify_signature": "false"})
