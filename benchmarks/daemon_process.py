@@ -157,6 +157,8 @@ async def install(client: httpx.AsyncClient, identifiers: list[str], timeout: fl
             json={"plugin_unique_identifiers": identifiers, "source": "package", "metas": [{} for _ in identifiers]},
         )
     )
+    if started["all_installed"]:
+        return
     deadline = time.monotonic() + timeout
     while True:
         task = envelope(await client.get(f"/plugin/{TENANT}/management/install/tasks/{started['task_id']}"))

@@ -168,6 +168,9 @@ def install(package_file: Path, tenant: str, url: str | None, key: str | None, t
                 json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
             )
         )
+        if started["all_installed"]:  # type: ignore[index]
+            console.print(f"{identifier} is installed for tenant {tenant} already")
+            return
         task_id = started["task_id"]  # type: ignore[index]
         deadline = time.monotonic() + timeout
         with console.status(f"installing {identifier}...") as status:

@@ -336,10 +336,10 @@ class EndpointService:
         return True
 
     async def remove(self, tenant_id: str, endpoint_id: str) -> bool:
+        """Remove an endpoint; removing one that is gone already is a success (Dify retries removals)."""
         row = await anyio.to_thread.run_sync(self._delete, tenant_id, endpoint_id)
-        if row is None:
-            raise NotFound(f"endpoint {endpoint_id} not found")
-        await self._clear_quietly(row)
+        if row is not None:
+            await self._clear_quietly(row)
         return True
 
     async def set_enabled(self, tenant_id: str, endpoint_id: str, enabled: bool) -> bool:

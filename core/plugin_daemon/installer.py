@@ -57,8 +57,11 @@ class Installer:
     # --- starting ---------------------------------------------------------------------
     def create_task(
         self, tenant_id: str, identifiers: list[str], source: str, metas: list[dict[str, Any]]
-    ) -> tuple[InstallTaskRow, list[int]]:
-        """Validate the request and record the task; returns it and the indexes left to install."""
+    ) -> tuple[InstallTaskRow | None, list[int]]:
+        """Validate the request and record the task; returns it and the indexes left to install.
+
+        When every plugin is installed already there is nothing to do and no task (as in the Go daemon).
+        """
         if not identifiers:
             raise BadRequest("plugin_unique_identifiers must name at least one plugin")
         if len(identifiers) > MAX_IDENTIFIERS:
@@ -86,13 +89,15 @@ class Installer:
                     "message": "already installed" if done else "waiting to install",
                     "icon": declaration.get("icon", ""),
                     "icon_dark": declaration.get("icon_dark"),
-                    "labels": declaration.get("label") or {},
+                    "labels": declaration.get("label") or {"en_US": parsed.plugin_id},  # Dify requires en_US
                     "source": source,
                 }
             )
+        if not todo:
+            return None, todo
         task = InstallTaskRow(
             tenant_id=tenant_id,
-            status=SUCCESS if not todo else PENDING,
+            status=PENDING,
             total_plugins=len(identifiers),
             completed_plugins=len(identifiers) - len(todo),
             plugins=plugins,
@@ -105,9 +110,10 @@ class Installer:
         self, tenant_id: str, identifiers: list[str], source: str, metas: list[dict[str, Any]]
     ) -> dict[str, Any]:
         task, todo = await anyio.to_thread.run_sync(self.create_task, tenant_id, identifiers, source, metas)
-        if todo:
-            self.daemon.task_group.start_soon(self._run, task.id, tenant_id, identifiers, source, metas, todo)
-        return {"all_installed": not todo, "task_id": task.id}
+        if task is None:
+            return {"all_installed": True, "task_id": ""}
+        self.daemon.task_group.start_soon(self._run, task.id, tenant_id, identifiers, source, metas, todo)
+        return {"all_installed": False, "task_id": task.id}
 
     # --- running ----------------------------------------------------------------------
     def _update(self, task_id: str, index: int | None = None, **changes: Any) -> None:

@@ -166,15 +166,20 @@ class PluginManager:
 
     def readme(self, identifier: str, language: str) -> dict[str, str]:
         """The package's readme in ``language`` (else en_US, else any): ``{"content", "language"}``."""
-        picked = pick_readme(readmes(self._package_entries(identifier, is_readme)), language or DEFAULT_LANGUAGE)
-        if picked is None:
-            raise NotFound(f"plugin package {identifier} has no readme", http_status=404)
+        language = language or DEFAULT_LANGUAGE
+        picked = pick_readme(readmes(self._package_entries(identifier, is_readme)), language)
+        if picked is None:  # Dify shows an empty readme for "none"; an error status would not reach it
+            return {"content": "", "language": language}
         return {"content": picked[1], "language": picked[0]}
 
     def extract_asset(self, identifier: str, file_path: str) -> bytes:
-        """The bytes of ``_assets/<file_path>`` in the package."""
+        """The bytes of ``_assets/<file_path>`` in the package (errors have HTTP status 404: Dify takes
+        the body of any 200 answer for the asset)."""
         wanted = ASSETS_FOLDER + file_path
-        found = self._package_entries(identifier, lambda name: name == wanted)
+        try:
+            found = self._package_entries(identifier, lambda name: name == wanted)
+        except NotFound as exc:
+            raise NotFound(exc.message, http_status=404) from exc
         if wanted not in found:
             raise NotFound(f"plugin package {identifier} has no asset {file_path!r}", http_status=404)
         return found[wanted]
@@ -184,7 +189,7 @@ class PluginManager:
         row = self.declaration_row(identifier)
         data = self.packages.get(f"{row.checksum}.difypkg") if row is not None else None
         if data is None:
-            raise NotFound(f"plugin package {identifier} is not known; upload it first", http_status=404)
+            raise NotFound(f"plugin package {identifier} is not known; upload it first")
         try:
             return read_entries(data, wanted, max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE)
         except PackageError as exc:

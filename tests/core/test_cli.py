@@ -130,6 +130,10 @@ def test_install_uploads_and_follows_the_task(make_settings, tmp_path: Path) -> 
         listing = server.client.get("/plugin/t1/management/list", params={"page": 1, "page_size": 5}).json()
         assert listing["data"]["total"] == 1
 
+        again = CliRunner().invoke(cli, arguments)
+        assert again.exit_code == 0, again.output
+        assert "is installed for tenant t1 already" in again.output
+
         identifier = listing["data"]["list"][0]["plugin_unique_identifier"]
         wrong_key = CliRunner().invoke(
             cli, ["install", str(package), "--tenant", "t2", "--url", server.url, "--key", "no"]

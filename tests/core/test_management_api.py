@@ -179,7 +179,11 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
         )
         assert "data.tool" in error_of(no_tool)["message"]
 
-        assert install(client, identifier)["status"] == "success"  # idempotent
+        again = client.post(
+            f"/plugin/{TENANT}/management/install/identifiers",
+            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+        )
+        assert envelope(again) == {"all_installed": True, "task_id": ""}  # idempotent: no task, as in Go
         assert (
             envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 9}))["total"] == 1
         )

@@ -79,11 +79,11 @@ def test_readmes_by_language_with_fallbacks(make_settings, tmp_path) -> None:
         assert envelope(_readme(client, readable, "")) == {"content": "# Readable\n", "language": "en_US"}
         assert envelope(_readme(client, japanese, "en_US")) == {"content": "# 日本語\n", "language": "ja_JP"}
 
-        none = _readme(client, silent, "en_US")
-        assert none.status_code == 404  # Dify reads a 404 as "no readme"
-        assert "no readme" in error_of(none)["message"]
+        # no readme is an empty one (what Dify shows for "none")
+        assert envelope(_readme(client, silent, "ja_JP")) == {"content": "", "language": "ja_JP"}
         unknown = _readme(client, "tester/ghost:0.0.1@" + "a" * 64, "en_US")
-        assert unknown.status_code == 404
+        assert unknown.status_code == 200  # Dify reads the error type only from a 200 answer
+        assert error_of(unknown)["error_type"] == "PluginDaemonNotFoundError"
         assert "not known" in error_of(unknown)["message"]
         assert error_of(_readme(client, "not an identifier", "en_US"))["error_type"] == "PluginUniqueIdentifierError"
 
