@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     PLUGIN_RUNTIME_MAX_BUFFER_SIZE: int = 5 * MiB
     PLUGIN_HEARTBEAT_TIMEOUT: float = 120.0
     PLUGIN_RESTART_MAX_ATTEMPTS: int = 5
+    #: a plugin's memory limit is its resource.memory, but never below this (bytes); 0 = no limit
+    PLUGIN_MEMORY_LIMIT_FLOOR: int = 1024 * MiB
     HTTP_PROXY: str = ""
     HTTPS_PROXY: str = ""
     NO_PROXY: str = ""

@@ -197,6 +197,6 @@ class LocalRuntime(Runtime):
             if rss is not None and limit is not None and rss > limit and process.alive:
                 process.kill(
                     "PluginMemoryLimitExceeded",
-                    f"plugin {supervisor.spec.plugin_id} used {rss // MiB} MiB, over its resource.memory "
-                    f"limit of {limit // MiB} MiB; it was stopped",
+                    f"plugin {supervisor.spec.plugin_id} used {rss // MiB} MiB, over its memory limit of "
+                    f"{limit // MiB} MiB (its resource.memory, at least PLUGIN_MEMORY_LIMIT_FLOOR); it was stopped",
                 )

@@ -22,7 +22,6 @@ from plugin_daemon.runtime import InstanceState, PluginSpec
 
 from .environment import EnvironmentBuildError
 from .envvars import plugin_environment
-from .memory import MiB
 from .process import PluginProcess, describe_exit
 
 if TYPE_CHECKING:
@@ -36,9 +35,6 @@ BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0
 #: A FAILED plugin is launched again on demand once its failure is this old.
 FAILED_RETRY_AFTER = 60.0
-#: A declared ``resource.memory`` below this is not taken literally (an idle SDK process uses
-#: about 60 MiB); the floor is enforced instead, with a warning.
-MEMORY_LIMIT_FLOOR = 128 * MiB
 
 
 def backoff(failures: int) -> float:
@@ -71,15 +67,11 @@ class PluginSupervisor:
         self._listeners: list[Callable[[str], None]] = []
         self._scope: anyio.CancelScope | None = None
         self._stopping = False
-        declared = spec.memory_limit
-        self.memory_limit = max(declared, MEMORY_LIMIT_FLOOR) if declared else None
-        if declared and declared < MEMORY_LIMIT_FLOOR:
-            logger.warning(
-                "%s declares resource.memory = %d MiB, too little for a Python plugin; enforcing %d MiB",
-                spec.identifier,
-                declared // MiB,
-                MEMORY_LIMIT_FLOOR // MiB,
-            )
+        # resource.memory is a placeholder in most manifests (1 MiB in many official plugins, while an
+        # idle SDK process takes 60-90 MiB and one with pandas 130): it counts only above the floor
+        declared = spec.memory_limit or 0
+        floor = runtime.settings.PLUGIN_MEMORY_LIMIT_FLOOR
+        self.memory_limit = max(declared, floor) if floor > 0 else None
 
     # --- state and progress -----------------------------------------------------------------
 

@@ -149,7 +149,8 @@ async def test_oversize_frame_fails_only_its_session(prepared: Prepared, tmp_pat
 
 async def test_memory_limit_kills_the_plugin(prepared: Prepared, tmp_path: Path) -> None:
     spec = prepared("echo_tool")  # resource.memory: 256 MiB
-    async with LocalRuntime(make_settings(tmp_path)) as runtime:
+    settings = make_settings(tmp_path, PLUGIN_MEMORY_LIMIT_FLOOR=128 * 1024 * 1024)
+    async with LocalRuntime(settings) as runtime:
         await runtime.ensure_ready(spec, timeout=60)
         started = time.monotonic()
         events = await invoke(runtime, spec, "hog", {"mb": 400, "seconds": 20}, timeout=15)
@@ -157,10 +158,22 @@ async def test_memory_limit_kills_the_plugin(prepared: Prepared, tmp_path: Path)
         assert [e.kind for e in events] == [EventKind.ERROR]
         error = events[0].data
         assert error["error_type"] == "PluginMemoryLimitExceeded"
-        assert "over its resource.memory limit of 256 MiB; it was stopped" in error["message"]
+        assert "over its memory limit of 256 MiB" in error["message"]
+        assert "PLUGIN_MEMORY_LIMIT_FLOOR); it was stopped" in error["message"]
         with anyio.fail_after(30):
             await runtime.ensure_ready(spec, timeout=30)
         assert texts(await invoke(runtime, spec, "hog", {"mb": 50, "seconds": 0})) == ["done"]
+
+
+async def test_a_declared_memory_below_the_floor_is_not_taken_literally(prepared: Prepared, tmp_path: Path) -> None:
+    # Most manifests carry a placeholder (1 MiB in many official plugins); the Go daemon enforces
+    # none. Here 256 MiB is declared and the default floor (1 GiB) is what counts.
+    spec = prepared("echo_tool")
+    async with LocalRuntime(make_settings(tmp_path)) as runtime:
+        await runtime.ensure_ready(spec, timeout=60)
+        pid = runtime.health()["plugins"][spec.identifier]["pid"]
+        assert texts(await invoke(runtime, spec, "hog", {"mb": 400, "seconds": 1.5}, timeout=15)) == ["done"]
+        assert runtime.health()["plugins"][spec.identifier]["pid"] == pid
 
 
 async def test_silent_plugin_is_replaced(prepared: Prepared, tmp_path: Path) -> None:
