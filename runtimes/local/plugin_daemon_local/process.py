@@ -28,7 +28,7 @@ from .spawning import ReaderStream, signal_group, spawn
 
 #: Bytes of stderr kept for error messages.
 STDERR_TAIL_BYTES = 4096
-#: Longest stderr line logged as one record.
+#: Longest stderr line logged (a longer one is cut).
 STDERR_LINE_MAX = 8192
 #: After the process exits, how long its pipes may still be drained.
 DRAIN_GRACE = 1.0
@@ -224,17 +224,17 @@ class PluginProcess:
                 self.last_activity = time.monotonic()
                 self.stderr_tail.add(chunk)
                 *lines, partial = (partial + chunk).split(b"\n")
-                for line in lines:
-                    self._log_stderr(line)
+                if lines:  # lines that came together (a traceback, say) make one record
+                    self._log_stderr(b"\n".join(line[:STDERR_LINE_MAX] for line in lines))
                 if len(partial) > STDERR_LINE_MAX:
-                    self._log_stderr(partial)
+                    self._log_stderr(partial[:STDERR_LINE_MAX])
                     partial = b""
             if partial:
-                self._log_stderr(partial)
+                self._log_stderr(partial[:STDERR_LINE_MAX])
         finally:
             self._stderr_done.set()
 
-    def _log_stderr(self, line: bytes) -> None:
-        text = line[:STDERR_LINE_MAX].decode("utf-8", "replace").rstrip()
-        if text:
+    def _log_stderr(self, lines: bytes) -> None:
+        text = lines.decode("utf-8", "replace").strip("\n").rstrip()
+        if text.strip():
             self.logger.warning("%s", text)
