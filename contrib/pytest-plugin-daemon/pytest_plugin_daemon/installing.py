@@ -45,9 +45,9 @@ def install_folder(client: httpx.Client, folder: Path, tenant: str, *, timeout: 
         ),
         f"installing {identifier}",
     )
-    task = (
+    task: dict[str, Any] = (
         {"status": "success"}
-        if started.get("all_installed")
+        if started["all_installed"]
         else _wait_task(client, tenant, started["task_id"], identifier, timeout)
     )
     if task["status"] != "success":
