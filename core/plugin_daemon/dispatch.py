@@ -4,7 +4,9 @@ A session always drains to the plugin's ``end`` and is then removed, even if the
 (its output is dropped then). :func:`relay_session` drives it and hands each SSE event to an
 ``emit`` callback. A streamed dispatch answer runs it in the request's own task and writes each
 event to the response as it arrives (the ASGI server neither cancels that task nor fails its writes
-when the caller leaves, so the session still drains). :func:`start_session` runs it as a task of
+when the caller leaves, so the session still drains); when its caller leaves, the session is
+abandoned: the plugin's calls to Dify are refused from then on and the one under way is stopped
+(``Session.abandon``). :func:`start_session` runs it as a task of
 the daemon instead and returns the events as an async iterator, through a small memory stream,
 for callers that consume the answer in pieces (non-streamed actions, plugin endpoints).
 """

@@ -1,14 +1,17 @@
 """The session manager: one session per dispatch call, tracked until it ends.
 
 A session belongs to the daemon, not to the caller's connection: when the caller goes away the
-session keeps running to its ``end`` (so a plugin's later backwards calls still find their
-context), and only then is it removed.
+session keeps running to its ``end`` (a plugin's later backwards calls find their context and get
+an answer, never "session not found"), and only then is it removed. A dispatch session whose
+caller has gone is *abandoned*: its calls to Dify are refused, since nobody would read what they
+cost; a plugin endpoint's session is not (a webhook's caller often leaves before the work is done).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +32,24 @@ class Session:
     last_active: float = field(default_factory=time.monotonic)
     #: anything the runtime or extensions want to keep with the session
     extras: dict[str, Any] = field(default_factory=dict)
+    #: the caller of the dispatch has gone: the plugin's calls to Dify are refused from now on
+    abandoned: bool = False
+    _on_abandon: list[Callable[[], None]] = field(default_factory=list)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+    def abandon(self) -> None:
+        """The caller has gone: refuse the plugin's further calls to Dify and stop those under way."""
+        self.abandoned = True
+        callbacks, self._on_abandon = self._on_abandon, []
+        for callback in callbacks:
+            callback()
+
+    def when_abandoned(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the session is abandoned; returns a function that forgets it."""
+        self._on_abandon.append(callback)
+        return lambda: self._on_abandon.remove(callback) if callback in self._on_abandon else None
 
     def as_dict(self) -> dict[str, Any]:
         now = time.monotonic()

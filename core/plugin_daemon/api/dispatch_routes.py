@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -183,10 +184,22 @@ class DispatchEndpoint:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         tail = b""
+        # Watches for the caller leaving (see Session.abandon). A plain asyncio task, not an anyio
+        # task group: a task group and its cancel scope doubled the daemon's CPU per call (100 to
+        # 215 us at 64 callers); this costs about 5 us, and the task never outlives the relay.
+        watcher = asyncio.get_running_loop().create_task(_abandon_when_gone(receive, session))
         try:
             tail = await relay_session(daemon, session, channel, emit, merge_blobs=self.merge_blobs, coalesce=True)
         finally:
+            watcher.cancel()
             await send({"type": "http.response.body", "body": tail, "more_body": False} if tail else _SSE_END)
+
+
+async def _abandon_when_gone(receive: Receive, session: Any) -> None:
+    """Abandon the session when the caller disconnects (the body has been read: what comes next is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    session.abandon()
 
 
 async def _first_item(stream: Any) -> Response:

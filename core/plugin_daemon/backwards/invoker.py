@@ -79,7 +79,7 @@ class BackwardsInvoker:
                     )
                     await reply("response", "struct", result)
                 else:
-                    await self._call_dify(session, invoke_type, request, reply)
+                    await self._call_dify_for_the_caller(session, invoke_type, request, reply)
             except (BackwardsRefused, StorageError, DifyCallError) as exc:
                 await reply("error", str(exc))
             except TimeoutError:
@@ -106,6 +106,23 @@ class BackwardsInvoker:
             raise BackwardsRefused(refused)
         return invoke_type, request
 
+    async def _call_dify_for_the_caller(
+        self, session: Session, invoke_type: str, request: dict[str, Any], reply: Any
+    ) -> None:
+        """Call Dify while the session's caller is there: a call made after the caller has gone is
+        refused, and one under way is stopped when it goes (nobody would read its answer, and an LLM
+        call costs money)."""
+        if session.abandoned:
+            raise BackwardsRefused(CALLER_GONE)
+        with anyio.CancelScope() as scope:
+            forget = session.when_abandoned(scope.cancel)
+            try:
+                await self._call_dify(session, invoke_type, request, reply)
+            finally:
+                forget()
+        if scope.cancelled_caught:
+            raise BackwardsRefused(CALLER_GONE)
+
     async def _call_dify(self, session: Session, invoke_type: str, request: dict[str, Any], reply: Any) -> None:
         route = ROUTES[invoke_type]
         body = {**request, "tenant_id": session.tenant_id, "user_id": session.user_id, "type": invoke_type}
@@ -118,6 +135,9 @@ class BackwardsInvoker:
                     await reply("response", "struct", await self.dify.call(route.path, body))
         except DifyCallError as exc:
             raise DifyCallError(f"{route.failure}: {exc}") from None
+
+
+CALLER_GONE = "the caller of this session has gone, so Dify is not called for it any more"
 
 
 class BackwardsRefused(Exception):
