@@ -357,13 +357,19 @@ class EndpointService:
             if row.plugin_id not in groups:
                 groups[row.plugin_id] = await self._group_of(tenant_id, row.plugin_id, required=plugin_id is not None)
         entities: list[dict[str, Any]] = [{} for _ in rows]
+        failures: list[DaemonError] = []
 
         async def describe(index: int, row: EndpointRow) -> None:
-            entities[index] = await self._entity(row, groups[row.plugin_id])
+            try:
+                entities[index] = await self._entity(row, groups[row.plugin_id])
+            except DaemonError as exc:  # the caller gets it as it is, not inside an exception group
+                failures.append(exc)
 
         async with anyio.create_task_group() as group:
             for index, row in enumerate(rows):
                 group.start_soon(describe, index, row)
+        if failures:
+            raise failures[0]
         return entities
 
     async def _entity(self, row: EndpointRow, group: dict[str, Any] | None) -> dict[str, Any]:

@@ -119,6 +119,17 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
         tools = envelope(client.get(f"/plugin/{TENANT}/management/tools", params={"page": 1, "page_size": 100}))
         assert [(t["plugin_id"], t["provider"]) for t in tools] == [("tester/echo_tool", "echo_tool")]
         assert tools[0]["declaration"]["identity"]["name"] == "echo_tool"
+        tool = envelope(
+            client.get(
+                f"/plugin/{TENANT}/management/tool", params={"plugin_id": "tester/echo_tool", "provider": "echo_tool"}
+            )
+        )
+        assert (tool["plugin_id"], tool["provider"]) == ("tester/echo_tool", "echo_tool")
+        assert tool["declaration"]["identity"]["name"] == "echo_tool"
+        no_tool = client.get(
+            f"/plugin/{TENANT}/management/tool", params={"plugin_id": "tester/echo_tool", "provider": "x"}
+        )
+        assert error_of(no_tool)["error_type"] == "PluginNotFoundError"
         assert envelope(client.get(f"/plugin/{TENANT}/management/models", params={"page": 1, "page_size": 10})) == []
         exists = envelope(
             client.post(

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from plugin_daemon.api.envelope import failure, success
 from plugin_daemon.api.requests import field, json_body, page, query, tenant
-from plugin_daemon.errors import BadRequest, DaemonError, InternalError, NotFound
+from plugin_daemon.errors import BadRequest, DaemonError, InternalError, NotFound, PluginNotFound
 
 if TYPE_CHECKING:
     from plugin_daemon.daemon import Daemon
@@ -219,7 +219,8 @@ def category_item(key: str) -> Handler:
         provider = query(request, "provider")
         found = await in_thread(daemon_of(request).manager.category_provider, key, tenant(request), plugin_id, provider)
         if found is None:
-            raise NotFound(f"{key.replace('_', ' ')} provider {plugin_id}/{provider} is not installed")
+            # PluginNotFoundError, as the Go daemon answers (Dify maps it to its own exception class)
+            raise PluginNotFound(f"{key.replace('_', ' ')} provider {plugin_id}/{provider} is not installed")
         return found
 
     return handler

@@ -59,7 +59,7 @@ class DifyInnerAPI:
         except httpx.HTTPError as exc:
             raise DifyCallError(f"request to Dify failed: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
-            raise DifyCallError(f"request failed with status code: {response.status_code}")
+            raise _status_error(response.status_code, response.content)
         return self._unwrap(response.content)
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
@@ -67,7 +67,7 @@ class DifyInnerAPI:
         try:
             async with self.client.stream("POST", path, content=orjson.dumps(body), headers=_JSON) as response:
                 if response.status_code != 200:
-                    raise DifyCallError(f"request failed with status code: {response.status_code}")
+                    raise _status_error(response.status_code, await _head_of(response))
                 async for chunk in response.aiter_raw():
                     for payload in decoder.feed(chunk):
                         yield self._unwrap(payload)
@@ -81,3 +81,21 @@ class DifyInnerAPI:
 
 
 _JSON = {"Content-Type": "application/json"}
+#: How much of a failed answer's body goes into the error the plugin gets.
+ERROR_BODY_CHARS = 1000
+
+
+async def _head_of(response: httpx.Response) -> bytes:
+    """The first bytes of a streamed answer's body (what explains a failure; the rest is not read)."""
+    head = b""
+    async for chunk in response.aiter_raw():
+        head += chunk
+        if len(head) >= ERROR_BODY_CHARS:
+            break
+    return head
+
+
+def _status_error(status: int, body: bytes) -> DifyCallError:
+    """As the Go daemon words it: Dify's own explanation (its 4xx JSON, say) is kept."""
+    text = body[:ERROR_BODY_CHARS].decode("utf-8", "replace").strip()
+    return DifyCallError(f"request failed with status code: {status}" + (f" and respond with: {text}" if text else ""))

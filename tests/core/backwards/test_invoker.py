@@ -112,6 +112,15 @@ async def test_json_answer_is_one_struct(invoker) -> None:  # type: ignore[no-un
     assert end == ("end", "", None)
 
 
+async def test_a_failed_json_answer_keeps_difys_explanation(invoker, inner_api) -> None:  # type: ignore[no-untyped-def]
+    inner_api.behave("invoke/text-embedding", status=400)
+    channel = LineCollector()
+    await invoker.handle(session(), channel, invoke("text_embedding", {"texts": ["a"], "model": "m"}))
+    (event, message, _), end = channel.events()
+    assert event == "error" and end == ("end", "", None)
+    assert 'status code: 400 and respond with: {"message": "configured failure 400"}' in message
+
+
 async def test_storage_is_served_by_the_daemon(invoker, inner_api) -> None:  # type: ignore[no-untyped-def]
     channel = LineCollector()
     await invoker.handle(session(), channel, invoke("storage", {"opt": "set", "key": "k", "value": "6869"}))
@@ -128,7 +137,11 @@ async def test_storage_is_served_by_the_daemon(invoker, inner_api) -> None:  # t
 @pytest.mark.parametrize(
     ("behaviour", "expected"),
     [
-        ({"status": 500}, "invoke llm model failed: request failed with status code: 500"),
+        (
+            {"status": 500},
+            'invoke llm model failed: request failed with status code: 500 and respond with: {"message": '
+            '"configured failure 500"}',
+        ),
         ({"garbage": True}, "magic byte"),
         ({"error": "model exploded"}, "request failed: model exploded"),
     ],

@@ -155,6 +155,13 @@ def test_refusals(make_settings, tmp_path: Path) -> None:  # type: ignore[no-unt
         api.reset()
         assert len(endpoints(client)) == 1  # the failed setup left nothing behind
 
+        api.behave("invoke/encrypt", status=500)
+        listing = client.get(f"/plugin/{TENANT}/endpoint/list", params={"page": 1, "page_size": 10})
+        unlisted = error_of(listing)
+        assert unlisted["error_type"] == "PluginDaemonInternalServerError"
+        assert "decrypt" in unlisted["message"] and "status code: 500" in unlisted["message"]
+        api.reset()
+
 
 def test_settings_without_secrets_skip_dify(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with DifyInnerAPI(key=INNER_KEY) as api, hooks_daemon(settings_for(make_settings, api)) as server:
