@@ -102,7 +102,8 @@ def serialize_request(request: IncomingRequest, hook_id: str) -> bytes:
         lines.append(f"Content-Length: {len(request.body)}")
     lines.append(f"Dify-Hook-Id: {hook_id}")
     if not _header(request.headers, "dify-hook-url"):
-        lines.append(f"Dify-Hook-Url: http://{host}/e/{hook_id}{request.path}")
+        scheme = "https" if _header(request.headers, "x-forwarded-proto").lower() == "https" else "http"
+        lines.append(f"Dify-Hook-Url: {scheme}://{host}/e/{hook_id}{request.path}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + request.body
 
 

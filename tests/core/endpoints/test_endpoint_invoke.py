@@ -94,6 +94,12 @@ def test_get_reaches_the_plugin_as_raw_http(hook: Hook) -> None:
     assert decrypt["data"]["api_key"] == "enc:s3cret-value"
 
 
+def test_the_hook_url_is_https_behind_a_tls_proxy(hook: Hook) -> None:
+    proxied = {"X-Original-Host": "hooks.example.com", "X-Forwarded-Proto": "https"}
+    headers = headers_of(hook.public.get(f"{hook.url}/echo", headers=proxied).json())
+    assert headers["dify-hook-url"] == [f"https://hooks.example.com/e/{hook.endpoint['hook_id']}/echo"]
+
+
 def test_post_body_reaches_the_plugin(hook: Hook) -> None:
     body = bytes(range(256)) * 64
     response = hook.public.post(
