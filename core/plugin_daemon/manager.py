@@ -389,6 +389,26 @@ class PluginManager:
         self._forget(tenant_id, removed.plugin_id)
         return removed, unused is not None
 
+    def drop_unused_declaration(self, identifier: str) -> bool:
+        """Delete the declaration of an identifier that no installation uses and no kept package
+        backs (a debugging plugin's, once it has gone); returns whether it was deleted."""
+        parsed = parse_identifier(identifier)
+        if self.packages.exists(f"{parsed.checksum}.difypkg"):
+            return False
+        with self._lock, self.db.transaction() as session:
+            used = session.scalar(
+                select(func.count())
+                .select_from(InstallationRow)
+                .where(InstallationRow.plugin_unique_identifier == identifier)
+            )
+            if used:
+                return False
+            deleted = session.execute(
+                delete(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
+            )
+        self.forget_spec(identifier)
+        return bool(deleted.rowcount)  # type: ignore[attr-defined]
+
     def uninstall_plugin(self, tenant_id: str, plugin_id: str) -> tuple[Installation | None, bool]:
         found = self.installation(tenant_id, plugin_id)
         if found is None:

@@ -81,6 +81,7 @@ class DebugRuntime(Runtime):
         stale = await anyio.to_thread.run_sync(self.manager.installations_of_runtime, self.name)
         for installation in stale:
             await anyio.to_thread.run_sync(self.manager.uninstall, installation.tenant_id, installation.id)
+            await anyio.to_thread.run_sync(self.manager.drop_unused_declaration, installation.identifier)
         if stale:
             log.info("removed %d debugging installation(s) left by the last run", len(stale))
 
@@ -198,7 +199,8 @@ class DebugRuntime(Runtime):
                     await anyio.to_thread.run_sync(self._install, newest.plugin)
                 return
             await anyio.to_thread.run_sync(self.manager.uninstall, plugin.tenant_id, installation.id)
-            self.manager.forget_spec(installation.identifier)  # no stale spec of a gone identity
+            # no stale spec or declaration of a gone identity (each change of a manifest is a new one)
+            await anyio.to_thread.run_sync(self.manager.drop_unused_declaration, installation.identifier)
 
     # --- logs and traces --------------------------------------------------------------------
 

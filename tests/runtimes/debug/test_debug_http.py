@@ -226,6 +226,7 @@ def test_killed_plugin_fails_open_sessions_at_once_then_comes_back(server: Daemo
     target = Target(server.client, TENANT)
     thread, result = open_call(target, "sleep", {"seconds": 30})
     wait_for(lambda: connected(server) and connected(server)[0]["sessions"] == 1, 10, "the call to reach the plugin")
+    connected_identifier = connected(server)[0]["plugin_unique_identifier"]
     killed_at = time.monotonic()
     echo.kill()
     thread.join(timeout=10)
@@ -234,8 +235,13 @@ def test_killed_plugin_fails_open_sessions_at_once_then_comes_back(server: Daemo
     error = plugin_error(result[0][1][-1])
     assert error == {"error_type": "ConnectionClosedError", "message": "Connection closed unexpectedly", "args": {}}
     assert failed_after < 2, f"the open session failed {failed_after:.2f} s after the kill"
+    identifier = connected_identifier
     wait_uninstalled(server.client, ECHO, timeout=5)
     gone_after = time.monotonic() - killed_at
+    known = server.client.get(
+        f"/plugin/{TENANT}/management/fetch/identifier", params={"plugin_unique_identifier": identifier}
+    )
+    assert known.json()["data"] is False  # its declaration went with it
     gone = server.client.post(
         f"/plugin/{TENANT}/dispatch/tool/invoke",
         headers={"X-Plugin-ID": ECHO},

@@ -50,6 +50,10 @@ def test_debugging_installations_left_by_a_crash_are_removed_at_start(tmp_path: 
     daemon.database.dispose()
     with running_daemon(settings) as server:
         assert installations(server.client, "tenant-a") == {}
+        known = server.client.get(
+            "/plugin/tenant-a/management/fetch/identifier", params={"plugin_unique_identifier": identifier}
+        )
+        assert known.json()["data"] is False  # nor is its declaration kept
 
 
 def test_the_listener_can_be_switched_off(tmp_path: Path) -> None:

@@ -183,14 +183,18 @@ def test_per_tenant_connection_cap(server: DaemonServer, good: dict[str, Any]) -
         first.close()
         second.close()
     wait_uninstalled(server.client, "tester/echo_tool", "tenant-cap")
-    body = server.client.get(
-        "/plugin/tenant-cap/debugging/logs", params={"plugin_id": "tester/echo_tool", "follow": "false"}
-    )
-    messages = [
-        json.loads(line[len("data: ") :])["message"] for line in body.text.split("\n") if line.startswith("data: ")
-    ]
+
+    def logged() -> list[str] | None:
+        body = server.client.get(
+            "/plugin/tenant-cap/debugging/logs", params={"plugin_id": "tester/echo_tool", "follow": "false"}
+        )
+        lines = [line for line in body.text.split("\n") if line.startswith("data: ")]
+        messages = [json.loads(line[len("data: ") :])["message"] for line in lines]
+        # each "disconnected" is noted once its connection is cleaned up, just after the uninstall
+        return messages if sum(message.startswith("disconnected:") for message in messages) == 2 else None
+
+    messages = wait_for(logged, 10, "both disconnections in the log book")
     assert any(message.startswith("refused: too many debugging connections") for message in messages)
-    assert sum(message.startswith("disconnected:") for message in messages) == 2
     still_good(server, good)
 
 
