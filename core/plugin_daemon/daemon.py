@@ -51,6 +51,15 @@ class Daemon:
             raise RuntimeError("the daemon is not running")
         return self._task_group
 
+    async def retire(self, identifier: str, runtime_type: str) -> None:
+        """Stop a plugin no tenant has installed any more (after an uninstall or an upgrade), once
+        the calls it is answering have ended: at most PLUGIN_MAX_EXECUTION_TIMEOUT, as the Go daemon."""
+        if not await self.sessions.drained(identifier, self.settings.PLUGIN_MAX_EXECUTION_TIMEOUT):
+            log.warning("stopping %s with calls still in flight (PLUGIN_MAX_EXECUTION_TIMEOUT)", identifier)
+        if identifier in await anyio.to_thread.run_sync(self.manager.installed_identifiers):
+            return  # installed again meanwhile
+        await self.control_panel.stop(identifier, runtime_type)
+
     @asynccontextmanager
     async def running(self, *, relaunch: bool = True) -> AsyncIterator[Daemon]:
         """Start runtimes and services in one task group; stop everything on exit."""

@@ -190,9 +190,11 @@ class Installer:
 
         with anyio.fail_after(daemon.settings.PLUGIN_INSTALL_TIMEOUT):
             await runtime.ensure_ready(spec, timeout=daemon.settings.PLUGIN_INSTALL_TIMEOUT, progress=progress)
-        await anyio.to_thread.run_sync(
+        _, retired = await anyio.to_thread.run_sync(
             lambda: daemon.manager.install(tenant_id, identifier, runtime_type=runtime_type, source=source, meta=meta)
         )
+        if retired is not None:  # an upgrade, and nobody uses the old version any more
+            daemon.task_group.start_soon(daemon.retire, retired.identifier, retired.runtime_type)
         await anyio.to_thread.run_sync(lambda: self._update(task_id, index, status=SUCCESS, message="installed"))
 
     # --- reading and deleting -----------------------------------------------------------

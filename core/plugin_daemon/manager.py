@@ -286,25 +286,46 @@ class PluginManager:
         runtime_type: str,
         source: str,
         meta: dict[str, Any] | None = None,
-    ) -> Installation:
-        """Record an installation (idempotent; replaces another version of the same plugin)."""
+    ) -> tuple[Installation, Installation | None]:
+        """Record an installation (idempotent). Another version of the same plugin is upgraded in
+        place: the installation keeps its id, creation time and endpoints, as in the Go daemon.
+
+        Returns the installation, and the one it replaced when no tenant uses that version any more
+        (its plugin can be retired).
+        """
         parsed = parse_identifier(identifier)
         row = self.declaration_row(identifier)
         if row is None:
             raise NotFound(f"plugin package {identifier} is not known; upload it first")
         declaration = row.declaration
+        retired = None
         with self._lock, self.db.transaction() as session:
-            existing = session.scalar(
+            installation = session.scalar(
                 select(InstallationRow).where(
                     InstallationRow.tenant_id == tenant_id, InstallationRow.plugin_id == parsed.plugin_id
                 )
             )
-            if existing is not None and existing.plugin_unique_identifier == identifier:
-                return Installation(existing.id, tenant_id, parsed.plugin_id, identifier, existing.runtime_type)
-            carried = (0, 0)
-            if existing is not None:  # another version of the same plugin: an upgrade keeps endpoints
-                carried = (existing.endpoints_setups, existing.endpoints_active)
-                self._remove_installation(session, existing, keep_endpoints=True)
+            if installation is not None and installation.plugin_unique_identifier == identifier:
+                return Installation(
+                    installation.id, tenant_id, parsed.plugin_id, identifier, installation.runtime_type
+                ), None
+            if installation is None:
+                installation = InstallationRow(tenant_id=tenant_id, plugin_id=parsed.plugin_id)
+                session.add(installation)
+            else:  # another version of the same plugin: an upgrade
+                replaced = Installation(
+                    installation.id,
+                    tenant_id,
+                    parsed.plugin_id,
+                    installation.plugin_unique_identifier,
+                    installation.runtime_type,
+                )
+                if self._release(session, installation) is not None:
+                    retired = replaced
+            installation.plugin_unique_identifier = identifier
+            installation.runtime_type = runtime_type
+            installation.source = source
+            installation.meta = meta or {}
             plugin = session.scalar(select(PluginRow).where(PluginRow.plugin_unique_identifier == identifier))
             if plugin is None:
                 plugin = PluginRow(
@@ -317,17 +338,6 @@ class PluginManager:
                 )
                 session.add(plugin)
             plugin.refers += 1
-            installation = InstallationRow(
-                tenant_id=tenant_id,
-                plugin_id=parsed.plugin_id,
-                plugin_unique_identifier=identifier,
-                runtime_type=runtime_type,
-                source=source,
-                meta=meta or {},
-                endpoints_setups=carried[0],
-                endpoints_active=carried[1],
-            )
-            session.add(installation)
             for key, table in CATEGORY_TABLES.items():
                 provider = declaration.get(key)
                 if provider:
@@ -342,36 +352,39 @@ class PluginManager:
             session.flush()
             result = Installation(installation.id, tenant_id, parsed.plugin_id, identifier, runtime_type)
         self._forget(tenant_id, parsed.plugin_id)
-        return result
+        return result, retired
 
-    def _remove_installation(
-        self, session: Any, installation: InstallationRow, *, keep_endpoints: bool = False
-    ) -> str | None:
-        """Delete an installation, its category rows and (unless kept, or a debug plugin's) its endpoints.
-
-        Returns the identifier if no tenant uses it any more.
-        """
+    def _release(self, session: Any, installation: InstallationRow) -> str | None:
+        """Drop what an installation holds of its version: its category rows and its reference to the
+        plugin. Returns the identifier if no tenant uses it any more."""
         identifier = installation.plugin_unique_identifier
-        if not keep_endpoints and installation.runtime_type != "remote":
-            session.execute(
-                delete(EndpointRow).where(
-                    EndpointRow.tenant_id == installation.tenant_id, EndpointRow.plugin_id == installation.plugin_id
-                )
-            )
         for table in CATEGORY_TABLES.values():
             session.execute(
                 delete(table).where(
                     table.tenant_id == installation.tenant_id, table.plugin_unique_identifier == identifier
                 )
             )
-        session.delete(installation)
         plugin = session.scalar(select(PluginRow).where(PluginRow.plugin_unique_identifier == identifier))
-        unused = None
         if plugin is not None:
             plugin.refers -= 1
             if plugin.refers <= 0:
                 session.delete(plugin)
-                unused = identifier
+                return identifier
+        return None
+
+    def _remove_installation(self, session: Any, installation: InstallationRow) -> str | None:
+        """Delete an installation, its category rows and (unless a debug plugin's) its endpoints.
+
+        Returns the identifier if no tenant uses it any more.
+        """
+        if installation.runtime_type != "remote":
+            session.execute(
+                delete(EndpointRow).where(
+                    EndpointRow.tenant_id == installation.tenant_id, EndpointRow.plugin_id == installation.plugin_id
+                )
+            )
+        unused = self._release(session, installation)
+        session.delete(installation)
         return unused
 
     def uninstall(self, tenant_id: str, installation_id: str) -> tuple[Installation | None, bool]:

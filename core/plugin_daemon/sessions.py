@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 
 @dataclass(slots=True)
 class Session:
@@ -71,6 +73,7 @@ class Session:
 class SessionManager:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
+        self._ended: anyio.Event | None = None  # set at the next end, for those waiting on one
 
     def create(self, **fields: Any) -> Session:
         session = Session(id=str(uuid.uuid4()), **fields)
@@ -83,6 +86,19 @@ class SessionManager:
     def end(self, session: Session, state: str = "ended") -> None:
         session.state = state
         self._sessions.pop(session.id, None)
+        if self._ended is not None:
+            self._ended.set()
+            self._ended = None
+
+    async def drained(self, identifier: str, timeout: float) -> bool:
+        """Wait until no session of ``identifier`` runs, at most ``timeout`` seconds; returns whether none does."""
+        with anyio.move_on_after(timeout):
+            while any(session.identifier == identifier for session in self._sessions.values()):
+                if self._ended is None:
+                    self._ended = anyio.Event()
+                await self._ended.wait()
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._sessions)

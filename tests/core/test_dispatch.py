@@ -147,6 +147,35 @@ def test_caller_leaving_does_not_end_the_session(make_settings) -> None:  # type
         wait_for(lambda: len(running.daemon.sessions) == 0, 10, "the session to end")
 
 
+def test_uninstall_lets_calls_in_flight_finish_then_stops_the_plugin(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(PLATFORM="scripted")
+    with running_daemon(settings, scripted_extensions()) as running:
+        identifier = envelope(upload(running.client, build_package(ECHO_TOOL)))["unique_identifier"]
+        installation = install(running.client, identifier)
+        assert installation["status"] == "success"
+        runtime = running.daemon.control_panel.runtime("scripted")
+        listing = envelope(running.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 5}))
+        release.clear()
+        with running.client.stream(
+            "POST",
+            f"/plugin/{TENANT}/dispatch/tool/invoke",
+            headers={"X-Plugin-ID": "tester/echo_tool"},
+            json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "held"}},
+        ) as response:
+            lines = (line for line in response.iter_lines() if line)
+            assert json.loads(next(lines)[len("data: ") :])["data"]["message"] == {"text": "first"}
+            removed = running.client.post(
+                f"/plugin/{TENANT}/management/uninstall",
+                json={"plugin_installation_id": listing["list"][0]["installation_id"]},
+            )
+            assert envelope(removed) is True  # at once, without waiting for the call
+            assert call(running.client, "held").status_code == 404  # new callers: not installed
+            assert runtime.state(identifier).value == "ready"  # the call in flight keeps its plugin
+            release.set()
+            assert json.loads(next(lines)[len("data: ") :])["data"]["message"] == {"text": "second"}
+        wait_for(lambda: runtime.state(identifier).value == "absent", 10, "the plugin to be stopped")
+
+
 def test_agent_strategy_blob_chunks_are_merged(server) -> None:  # type: ignore[no-untyped-def]
     response = server.client.post(
         f"/plugin/{TENANT}/dispatch/agent_strategy/invoke",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,41 @@ def test_bad_input_is_refused_and_changes_nothing(make_settings, echo_package) -
         assert envelope(client.get(f"{m}/list", params={"page": 1, "page_size": 10}))["total"] == 0
         assert envelope(client.get(f"{m}/install/tasks", params={"page": 1, "page_size": 10})) == []
         assert list(settings.package_path.iterdir()) == []
+
+
+def test_upgrade_keeps_the_installation_and_retires_the_old_version(make_settings, echo_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    newer = tmp_path / "echo_tool"
+    shutil.copytree(ECHO_TOOL, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = newer / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 0.0.1\n", "version: 0.0.2\n", 1))
+    with running_daemon(make_settings(PLATFORM="memory")) as server:
+        client = server.client
+        old = envelope(upload(client, echo_package))["unique_identifier"]
+        new = envelope(upload(client, build_package(newer)))["unique_identifier"]
+        assert install(client, old)["status"] == "success"
+        before = envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 5}))
+        started = envelope(
+            client.post(
+                f"/plugin/{TENANT}/management/install/upgrade",
+                json={
+                    "original_plugin_unique_identifier": old,
+                    "new_plugin_unique_identifier": new,
+                    "source": "package",
+                    "meta": {},
+                },
+            )
+        )
+        assert wait_task(client, started["task_id"])["status"] == "success"
+        after = envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 5}))
+        (was,), (now,) = before["list"], after["list"]
+        assert now["plugin_unique_identifier"] == new and now["version"] == "0.0.2"
+        # upgraded in place, as the Go daemon does: same installation, same creation time
+        assert (now["installation_id"], now["created_at"]) == (was["installation_id"], was["created_at"])
+        tools = envelope(client.get(f"/plugin/{TENANT}/management/tools", params={"page": 1, "page_size": 9}))
+        assert [tool["plugin_unique_identifier"] for tool in tools] == [new]
+        runtime = server.daemon.control_panel.runtime("memory")
+        wait_for(lambda: runtime.state(old).value == "absent", 10, "the old version to be stopped")
+        assert runtime.state(new).value == "ready"
 
 
 def test_install_reports_failure_truthfully(make_settings, echo_package) -> None:

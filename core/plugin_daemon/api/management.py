@@ -175,8 +175,8 @@ async def uninstall(request: Request) -> Any:
     body = await json_body(request)
     installation_id = field(body, "plugin_installation_id")
     removed, unused = await in_thread(daemon.manager.uninstall, tenant_id, installation_id)
-    if removed is not None and unused:
-        await daemon.control_panel.stop(removed.identifier, removed.runtime_type)
+    if removed is not None and unused:  # stopped once its calls in flight have ended
+        daemon.task_group.start_soon(daemon.retire, removed.identifier, removed.runtime_type)
     return True
 
 

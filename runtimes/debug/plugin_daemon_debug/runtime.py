@@ -143,6 +143,7 @@ class DebugRuntime(Runtime):
         for media_id, content in plugin.media.items():
             self.manager.media.put(media_id, content)
         self.manager.register_declaration(plugin.identifier, plugin.declaration)
+        # a replaced debugging copy needs no retiring: its connection is routed (or gone) already
         self.manager.install(plugin.tenant_id, plugin.identifier, runtime_type=self.name, source="remote")
 
     async def serve_connection(self, connection: DebugConnection) -> None:
