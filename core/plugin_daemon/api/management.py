@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from plugin_daemon import category_listing
 from plugin_daemon.api.envelope import failure, success
 from plugin_daemon.api.requests import field, json_body, page, query, tenant
 from plugin_daemon.errors import BadRequest, DaemonError, InternalError, NotFound, PluginNotFound
@@ -187,8 +189,63 @@ async def list_installations(request: Request) -> Any:
 
 
 async def installation_ids(request: Request) -> Any:
-    category = request.query_params.get("category") or None
-    return await in_thread(daemon_of(request).manager.installation_ids, tenant(request), category)
+    tenant_id = tenant(request)
+    category = request.query_params.get("category")
+    if not category:
+        raise BadRequest(
+            f"query parameter 'category' is required: one of {', '.join(category_listing.CATEGORY_KEYS)}",
+            http_status=400,
+        )
+    return await in_thread(category_listing.installed_plugin_ids, daemon_of(request).manager, tenant_id, category)
+
+
+def _bounded_int(request: Request, name: str, low: int, high: int) -> int:
+    """A required integer query parameter in [low, high] (HTTP 400 otherwise, as the Go daemon)."""
+    raw = request.query_params.get(name, "")
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+        raise BadRequest(f"query parameter {name!r} is required: an integer from {low} to {high}", http_status=400)
+    return int(raw)
+
+
+def _list_filters(request: Request) -> category_listing.ListFilters:
+    params = request.query_params
+    text = params.get("query", "")
+    if len(text) > category_listing.MAX_QUERY_LENGTH:
+        raise BadRequest(
+            f"query parameter 'query' is at most {category_listing.MAX_QUERY_LENGTH} characters", http_status=400
+        )
+    tags = params.getlist("tags")
+    if len(tags) > category_listing.MAX_TAGS:
+        raise BadRequest(f"at most {category_listing.MAX_TAGS} 'tags' at once", http_status=400)
+    unknown = [tag for tag in tags if tag not in category_listing.PLUGIN_TAGS]
+    if unknown:
+        raise BadRequest(
+            f"unknown plugin tag {unknown[0]!r} in 'tags': expected some of "
+            f"{', '.join(sorted(category_listing.PLUGIN_TAGS))}",
+            http_status=400,
+        )
+    language = params.get("language", "")
+    if language and language not in category_listing.LIST_LANGUAGES:
+        raise BadRequest(
+            f"query parameter 'language' must be one of {', '.join(category_listing.LIST_LANGUAGES)}, got {language!r}",
+            http_status=400,
+        )
+    return category_listing.ListFilters(query=text, tags=tuple(tags), language=language)
+
+
+async def list_by_category(request: Request) -> Any:
+    """``{category}/list``: the parameters are checked first (HTTP 400), then the category."""
+    tenant_id = tenant(request)
+    number = _bounded_int(request, "page", 1, 2**31 - 1)
+    size = _bounded_int(request, "page_size", 1, 256)
+    filters = _list_filters(request)
+    category = request.path_params["category"]
+    manager = daemon_of(request).manager
+    return await in_thread(category_listing.list_plugins, manager, tenant_id, category, number, size, filters)
+
+
+async def model_bindings(request: Request) -> Any:
+    return await in_thread(category_listing.model_bindings, daemon_of(request).manager, tenant(request))
 
 
 async def fetch_batch(request: Request) -> Any:
@@ -278,6 +335,9 @@ def routes() -> list[Route]:
         (f"{m}/datasource", category_item("datasource"), ["GET"]),
         (f"{m}/triggers", category_list("trigger"), ["GET"]),
         (f"{m}/trigger", category_item("trigger"), ["GET"]),
+        (f"{m}/models/bindings", model_bindings, ["GET"]),
+        # last: a fixed route of the form management/<word>/list, if one is added, must win
+        (f"{m}/{{category}}/list", list_by_category, ["GET"]),
         ("/plugin/extensions", extensions, ["GET"]),
     ]
     result = [Route(path, enveloped(handler), methods=methods) for path, handler, methods in table]
