@@ -483,7 +483,7 @@ class PluginManager:
                 session.scalars(
                     select(InstallationRow)
                     .where(condition)
-                    .order_by(InstallationRow.created_at, InstallationRow.id)
+                    .order_by(InstallationRow.created_at.desc(), InstallationRow.id.desc())  # newest first, as Go
                     .offset((page - 1) * page_size)
                     .limit(page_size)
                 )

@@ -118,6 +118,8 @@ def test_listings_by_category(make_settings, database_url, tmp_path: Path) -> No
         # --- {category}/list: the items of management/list, newest first, paged ---------------
         everything = envelope(client.get(f"{M}/list", params={"page": 1, "page_size": 256}))
         assert everything["total"] == 5
+        installed_in_order = [identifier.split(":")[0] for identifier in ids.values()]
+        assert [item["plugin_id"] for item in everything["list"]] == installed_in_order[::-1]  # newest first, as Go
         by_id = {item["plugin_id"]: item for item in everything["list"]}
         tools = envelope(_listing(client, "tool"))
         assert tools == {
