@@ -192,7 +192,7 @@ def list_plugins(
                 if skip:
                     skip -= 1
                     continue
-                items.append(manager._installation_entity(row, declaration_row))
+                items.append(manager.installation_entity(row, declaration_row))
                 if len(items) == wanted:
                     break
             if len(items) == wanted:

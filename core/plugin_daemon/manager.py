@@ -454,7 +454,8 @@ class PluginManager:
         )
         return {row.plugin_unique_identifier: row for row in rows}
 
-    def _installation_entity(self, row: InstallationRow, declaration: PluginDeclarationRow | None) -> dict[str, Any]:
+    def installation_entity(self, row: InstallationRow, declaration: PluginDeclarationRow | None) -> dict[str, Any]:
+        """An installation as Dify's listings show it (``management/list`` and the category listings)."""
         parsed = PluginIdentifier.parse(row.plugin_unique_identifier)
         return {
             "id": row.id,
@@ -489,7 +490,7 @@ class PluginManager:
                 )
             )
             declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
-            items = [self._installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
+            items = [self.installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
         return {"list": items, "total": total}
 
     def installations_by_plugin_ids(self, tenant_id: str, plugin_ids: list[str]) -> list[dict[str, Any]]:
@@ -504,7 +505,7 @@ class PluginManager:
                 )
             )
             declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
-            return [self._installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
+            return [self.installation_entity(row, declarations.get(row.plugin_unique_identifier)) for row in rows]
 
     def missing(self, tenant_id: str, identifiers: list[str]) -> list[dict[str, Any]]:
         """Identifiers the tenant lacks, with the identifier it has for the same plugin, if any."""
@@ -570,22 +571,6 @@ class PluginManager:
             rows = session.execute(select(table.plugin_id, table.provider).where(table.tenant_id == tenant_id))
             present = {(plugin_id, provider) for plugin_id, provider in rows}
         return [(item.get("plugin_id", ""), item.get("provider_name", "")) in present for item in providers]
-
-    def installation_ids(self, tenant_id: str, category: str | None) -> list[str]:
-        """Plugin ids installed for a tenant, optionally of one declaration category."""
-        with self.db.transaction() as session:
-            rows = list(session.scalars(select(InstallationRow).where(InstallationRow.tenant_id == tenant_id)))
-            if not category:
-                return [row.plugin_id for row in rows]
-            declarations = self._declarations(session, {row.plugin_unique_identifier for row in rows})
-        return [
-            row.plugin_id
-            for row in rows
-            if (declarations.get(row.plugin_unique_identifier) or PluginDeclarationRow(declaration={})).declaration.get(
-                "category"
-            )
-            == category
-        ]
 
 
 def _provider_name(provider: dict[str, Any]) -> str:
