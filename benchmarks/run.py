@@ -203,7 +203,7 @@ def sse_events(chunks: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
 def check_sse(chunks: list[tuple[float, bytes]]) -> None:
     events = sse_events(chunks)
     if not events or not all(event.startswith(b'data: {"code":0,') for _, event in events):
-        raise RuntimeError(f"unexpected answer: {[event[:200] for _, event in events]}")
+        raise RuntimeError(f"unexpected answer: {[event[:200] for _, event in events]} (raw chunks: {chunks[:5]})")
 
 
 def check_direct(messages: list[dict[str, Any]]) -> None:
@@ -692,6 +692,10 @@ async def run(args: argparse.Namespace) -> Report:
         await _other_runtimes(
             report, scratch, working_path, (built["tester/echo_tool"], echo_folder), direct, tool, durations
         )
+    except BaseException:
+        if daemon is not None:  # its log goes with the scratch folder: show its end first
+            console.print(f"[red]the benchmark failed; the end of the daemon's log:[/red]\n{daemon.log_tail()}")
+        raise
     finally:
         for plugin in _SPAWNED.values():
             await plugin.close()
