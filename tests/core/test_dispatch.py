@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,21 @@ def call(client: httpx.Client, tool: str) -> httpx.Response:
     )
 
 
+@contextlib.contextmanager
+def held_call(client: httpx.Client) -> Iterator[Iterator[str]]:
+    """A call of the ``held`` tool, its first item read; yields the lines still to come."""
+    release.clear()
+    with client.stream(
+        "POST",
+        f"/plugin/{TENANT}/dispatch/tool/invoke",
+        headers={"X-Plugin-ID": "tester/echo_tool"},
+        json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "held"}},
+    ) as response:
+        lines = (line for line in response.iter_lines() if line)
+        assert json.loads(next(lines)[len("data: ") :])["data"]["message"] == {"text": "first"}
+        yield lines
+
+
 def test_plugin_error_is_the_envelope_dify_parses_twice(server) -> None:  # type: ignore[no-untyped-def]
     items = sse_items(call(server.client, "fail"))
     assert items[0]["data"]["message"] == {"text": "before"}
@@ -131,15 +147,8 @@ def test_caller_leaving_does_not_end_the_session(make_settings) -> None:  # type
     with running_daemon(settings, scripted_extensions()) as running:
         identifier = envelope(upload(running.client, build_package(ECHO_TOOL)))["unique_identifier"]
         install(running.client, identifier)
-        release.clear()
-        with running.client.stream(
-            "POST",
-            f"/plugin/{TENANT}/dispatch/tool/invoke",
-            headers={"X-Plugin-ID": "tester/echo_tool"},
-            json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "held"}},
-        ) as response:
-            first = next(response.iter_lines())
-            assert json.loads(first[len("data: ") :])["data"]["message"] == {"text": "first"}
+        with held_call(running.client):
+            pass
         # the caller has gone; the session is still the daemon's until the plugin ends it
         sessions = running.daemon.sessions.list()
         assert [s.state for s in sessions] == ["running"]
@@ -155,15 +164,7 @@ def test_uninstall_lets_calls_in_flight_finish_then_stops_the_plugin(make_settin
         assert installation["status"] == "success"
         runtime = running.daemon.control_panel.runtime("scripted")
         listing = envelope(running.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 5}))
-        release.clear()
-        with running.client.stream(
-            "POST",
-            f"/plugin/{TENANT}/dispatch/tool/invoke",
-            headers={"X-Plugin-ID": "tester/echo_tool"},
-            json={"user_id": "u1", "data": {"provider": "echo_tool", "tool": "held"}},
-        ) as response:
-            lines = (line for line in response.iter_lines() if line)
-            assert json.loads(next(lines)[len("data: ") :])["data"]["message"] == {"text": "first"}
+        with held_call(running.client) as lines:
             removed = running.client.post(
                 f"/plugin/{TENANT}/management/uninstall",
                 json={"plugin_installation_id": listing["list"][0]["installation_id"]},
