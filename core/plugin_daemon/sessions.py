@@ -36,6 +36,8 @@ class Session:
     extras: dict[str, Any] = field(default_factory=dict)
     #: the caller of the dispatch has gone: the plugin's calls to Dify are refused from now on
     abandoned: bool = False
+    #: set by a dispatch whose caller can leave: starts watching for that (called before each call to Dify)
+    watch_caller: Callable[[], None] | None = None
     _on_abandon: list[Callable[[], None]] = field(default_factory=list)
 
     def touch(self) -> None:

@@ -112,6 +112,8 @@ class BackwardsInvoker:
         """Call Dify while the session's caller is there: a call made after the caller has gone is
         refused, and one under way is stopped when it goes (nobody would read its answer, and an LLM
         call costs money)."""
+        if session.watch_caller is not None:
+            session.watch_caller()
         if session.abandoned:
             raise BackwardsRefused(CALLER_GONE)
         with anyio.CancelScope() as scope:
