@@ -8,6 +8,7 @@ core forwards them as they are).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,36 @@ Frame = Heartbeat | LogFrame | ProcessError | SessionFrame | ManifestEcho | Unkn
 
 def _unreadable(line: bytes, reason: str) -> Unreadable:
     return Unreadable(bytes(line[:UNREADABLE_KEEP]).decode("utf-8", "replace"), reason)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def split_joined_frames(line: bytes) -> list[bytes]:
+    """The frames of a line that holds several (``{...}{...}``), or ``[]`` if it does not.
+
+    The SDK writes a frame and the newline after it in two writes, from many threads at once and
+    with no lock, so under load two frames can end up on one line. Dropping such a line loses
+    both, and a lost ``end`` leaves its call hanging; they are split here instead (a slow path,
+    only for lines that did not parse).
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    pieces: list[bytes] = []
+    index, size = 0, len(text)
+    while index < size:
+        if text[index] in " \t\r\n":
+            index += 1
+            continue
+        try:
+            _, end = _DECODER.raw_decode(text, index)
+        except ValueError:
+            return []
+        pieces.append(text[index:end].encode("utf-8"))
+        index = end
+    return pieces if len(pieces) > 1 else []
 
 
 def parse_output_line(line: bytes) -> Frame:

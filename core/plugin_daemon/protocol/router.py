@@ -29,6 +29,7 @@ from plugin_daemon.protocol.messages import (
     SessionFrame,
     Unreadable,
     parse_output_line,
+    split_joined_frames,
 )
 from plugin_daemon.runtime import SessionEvent
 
@@ -113,6 +114,12 @@ class SessionRouter:
             self._oversize(item)
             return
         frame = parse_output_line(item)
+        if isinstance(frame, Unreadable):
+            joined = split_joined_frames(item)
+            if joined:
+                for piece in joined:
+                    self.feed(piece)
+                return
         if isinstance(frame, SessionFrame):
             self._route(frame, len(item))
         elif isinstance(frame, Heartbeat):

@@ -62,6 +62,26 @@ async def test_frames_reach_their_session_only() -> None:
     assert router.sessions == {}
 
 
+async def test_frames_joined_on_one_line_are_split() -> None:
+    # The SDK writes a frame and its newline separately from many threads: "{A}{B}\n\n\n\n" happens.
+    wire = Wire()
+    router = wire.router()
+    a = await router.open_session("a", b"request-a")
+    b = await router.open_session("b", b"request-b")
+    router.feed(frame("a", "stream", {"n": 1}))
+    router.feed(frame("a", "end", {}) + frame("b", "stream", {"text": "}{ in a string"}))
+    router.feed(frame("b", "end", {}) + b" " + b'{"event":"heartbeat","session_id":null,"data":{}}')
+    with anyio.fail_after(1):
+        assert [(e.kind, e.data) async for e in a] == [(EventKind.STREAM, {"n": 1}), (EventKind.END, {})]
+        assert [(e.kind, e.data) async for e in b] == [
+            (EventKind.STREAM, {"text": "}{ in a string"}),
+            (EventKind.END, {}),
+        ]
+    assert wire.heartbeats == 1 and wire.notes == []
+    router.feed(frame("a", "end", {}) + b"{broken")  # a line that is not only frames stays unreadable
+    assert "unreadable" in wire.notes[-1][1]
+
+
 async def test_heartbeats_logs_and_problems() -> None:
     wire = Wire()
     router = wire.router()
