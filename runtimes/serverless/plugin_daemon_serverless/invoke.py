@@ -27,6 +27,7 @@ from plugin_daemon.protocol.messages import (
     Unreadable,
     error_payload,
     parse_output_line,
+    split_joined_frames,
 )
 from plugin_daemon.runtime import EventKind, SessionChannel, SessionEvent
 
@@ -177,14 +178,17 @@ class FunctionChannel(SessionChannel):
         stream = ResponseByteStream(response)
         finished = False
         try:
-            async for item in LineReader(stream, self._options.max_line):
-                event = self._event_of(item, request_id)
-                if event is None:
-                    continue
-                finished = event.kind is EventKind.END or event.kind is EventKind.ERROR
-                yield event
-                if finished:
-                    return
+            async for line in LineReader(stream, self._options.max_line):
+                # frames the SDK wrote onto one line are split (see split_joined_frames)
+                joined = split_joined_frames(line) if isinstance(line, bytes) and b"}{" in line else []
+                for item in joined or [line]:
+                    event = self._event_of(item, request_id)
+                    if event is None:
+                        continue
+                    finished = event.kind is EventKind.END or event.kind is EventKind.ERROR
+                    yield event
+                    if finished:
+                        return
         except httpx.TimeoutException as exc:
             yield runtime_error(f"the function sent nothing for too long: {exc!r}", request_id=request_id)
             return

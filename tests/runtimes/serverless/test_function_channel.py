@@ -69,6 +69,17 @@ async def test_frames_arrive_in_order_until_end_and_the_request_is_signed() -> N
     assert request.headers[SIGNATURE_HEADER] == sign("secret", BODY)
 
 
+async def test_frames_joined_on_one_line_are_split() -> None:
+    # the SDK writes a frame and its newline separately, from many threads: "{A}{B}" happens
+    joined = frame("stream", {"n": 1}) + frame("stream", {"text": "}{"}) + frame("end", {})
+    events = await run(lambda request: httpx.Response(200, content=body_of(joined)()))
+    assert [(event.kind, event.data) for event in events] == [
+        (EventKind.STREAM, {"n": 1}),
+        (EventKind.STREAM, {"text": "}{"}),
+        (EventKind.END, {}),
+    ]
+
+
 async def test_a_body_without_end_is_an_error() -> None:
     events = await run(lambda request: httpx.Response(200, content=body_of(frame("stream", {"n": 1}))()))
     assert events[0].kind is EventKind.STREAM
