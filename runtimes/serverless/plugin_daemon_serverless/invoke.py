@@ -181,7 +181,8 @@ class FunctionChannel(SessionChannel):
             async for line in LineReader(stream, self._options.max_line):
                 # frames the SDK wrote onto one line are split (see split_joined_frames)
                 joined = split_joined_frames(line) if isinstance(line, bytes) and b"}{" in line else []
-                for item in joined or [line]:
+                items: list[bytes | OversizeLine] = [*joined] if joined else [line]
+                for item in items:
                     event = self._event_of(item, request_id)
                     if event is None:
                         continue
