@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PLUGINS = ROOT / "tests" / "plugins"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))  # the tests' helpers
 
 from daemon_process import KEY, TENANT, DaemonProcess, install, upload  # noqa: E402
 from direct import DirectPlugin, DirectPluginError  # noqa: E402
@@ -55,6 +56,8 @@ from loadgen import (  # noqa: E402
     wrk_path,
 )
 from runtime_rows import OTHER_RUNTIMES, RowContext, registered_runtimes  # noqa: E402
+
+from tests.runtimes.local.local_runtime_support import spec_of_package  # noqa: E402
 
 #: Plugin environments built by the benchmark's daemons, kept between runs.
 CACHE = Path(os.environ.get("PLUGIN_DAEMON_BENCH_CACHE", "~/.cache/plugin-daemon-bench")).expanduser()
@@ -626,7 +629,7 @@ async def run(args: argparse.Namespace) -> Report:
         console.print("[dim]warm start and SDK import[/dim]")
         echo_identifier = identifiers["tester/echo_tool"]
         starts = await measure_warm_start(
-            lambda: _spec(built["tester/echo_tool"], scratch / "echo_tool.difypkg"),
+            lambda: spec_of_package(built["tester/echo_tool"], scratch / "echo_tool.difypkg"),
             working_path,
             scratch / "warm-home",
             durations.starts,
@@ -705,22 +708,6 @@ async def run(args: argparse.Namespace) -> Report:
         upstream_process.wait(5)
         shutil.rmtree(scratch, ignore_errors=True)
     return report
-
-
-def _spec(package: bytes, path: Path) -> Any:
-    from plugin_daemon.packages import decode_package
-    from plugin_daemon.runtime import PluginSpec
-
-    path.write_bytes(package)
-    decoded = decode_package(package)
-    declaration = decoded.declaration
-    return PluginSpec(
-        identifier=str(decoded.identifier),
-        plugin_id=f"{declaration['author']}/{declaration['name']}",
-        checksum=decoded.checksum,
-        declaration=declaration,
-        package_path=path,
-    )
 
 
 def _echo_figures(

@@ -32,9 +32,12 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
 
 def package_spec(folder: Path, package_dir: Path) -> PluginSpec:
     """The PluginSpec of the plugin in ``folder``, packaged as a .difypkg in ``package_dir``."""
-    data = build_package(folder)
+    return spec_of_package(build_package(folder), package_dir / f"{folder.name}.difypkg")
+
+
+def spec_of_package(data: bytes, path: Path) -> PluginSpec:
+    """The PluginSpec of the package ``data``, written to ``path`` (as the daemon keeps packages)."""
     decoded = decode_package(data)
-    path = package_dir / f"{folder.name}.difypkg"
     path.write_bytes(data)
     declaration = decoded.declaration
     return PluginSpec(
