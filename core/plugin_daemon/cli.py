@@ -11,21 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from plugin_daemon import __version__
-from plugin_daemon.config import Settings, load_settings
+from plugin_daemon.config import Settings, SettingsError, load_settings
 from plugin_daemon.plugins import load_extensions
 
 console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("plugin_daemon")
 KEY_FILE = "server_key"
-
-
-def configure_logging(level: str) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-    )
 
 
 def resolve_server_key(settings: Settings) -> None:
@@ -36,17 +27,18 @@ def resolve_server_key(settings: Settings) -> None:
     key_path = settings.home / KEY_FILE
     if key_path.is_file():
         object.__setattr__(settings, "SERVER_KEY", key_path.read_text().strip())
-        console.print(f"[dim]using the server key kept in {key_path}[/dim]")
+        log.info("using the server key kept in %s", key_path)
         return
     generated = settings.ensure_server_key()
     settings.home.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(f"{generated}\n")
-    console.print(
-        "[bold yellow]No SERVER_KEY was set; generated one (shown this once, kept in "
-        f"{key_path}):[/bold yellow]\n{generated}\n"
-        "Give it to the Dify API server as PLUGIN_DAEMON_KEY."
+    log.warning(
+        "No SERVER_KEY was set; generated one (shown this once, kept in %s): %s "
+        "-- give it to the Dify API server as PLUGIN_DAEMON_KEY",
+        key_path,
+        generated,
     )
 
 
@@ -60,6 +52,8 @@ class DaemonGroup(click.Group):
             self._loaded = True
             try:
                 load_extensions(load_settings().disabled_extensions).add_commands(self)
+            except SettingsError:
+                pass  # the command itself reports the invalid setting
             except Exception as exc:  # never make the CLI unusable because of one extension
                 console.print(f"[red]extensions could not add their commands: {exc}[/red]")
 
@@ -79,28 +73,37 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--host", default=None, help="Address to listen on (SERVER_HOST, default 127.0.0.1).")
+@click.option("--host", default=None, help="Address to listen on (SERVER_HOST, default 0.0.0.0).")
 @click.option("--port", type=int, default=None, help="Port to listen on (SERVER_PORT, default 5002).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the daemon (state in PLUGIN_DAEMON_HOME, ./plugin-daemon-data by default)."""
+    """Run the daemon (state under PLUGIN_STORAGE_LOCAL_ROOT, else ./plugin-daemon-data)."""
+    from plugin_daemon.init_process import become_init_if_pid_1
+
+    become_init_if_pid_1()  # as PID 1 (a container without an init), fork: the daemon runs as a child
+
     import uvicorn
 
     from plugin_daemon.api.app import create_app
     from plugin_daemon.daemon import Daemon
+    from plugin_daemon.go_settings import warnings_for
+    from plugin_daemon.logs import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_OUTPUT_FORMAT, settings.LOG_FILE)
+    for warning in warnings_for():
+        log.warning(warning)
     try:
         resolve_server_key(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     daemon = Daemon(settings)
     names = ", ".join(sorted(daemon.control_panel.runtimes)) or "none"
-    console.print(f"plugin-daemon {__version__}: data in {settings.home}, runtimes: {names}")
+    log.info("plugin-daemon %s: storage root %s, runtimes: %s", __version__, settings.home, names)
     uvicorn.run(
         create_app(daemon),
         host=host or settings.SERVER_HOST,
         port=port or settings.SERVER_PORT,
+        log_config=None,  # the daemon's own log configuration (plugin_daemon.logs)
         log_level=settings.LOG_LEVEL.lower(),
         access_log=False,
         server_header=False,  # nothing reads them; each costs work on every response
@@ -145,7 +148,8 @@ def install(package_file: Path, tenant: str, url: str | None, key: str | None, t
     if key is None:
         key_path = settings.home / KEY_FILE
         key = settings.SERVER_KEY or (key_path.read_text().strip() if key_path.is_file() else "")
-    base = url or f"http://{settings.SERVER_HOST}:{settings.SERVER_PORT}"
+    host = "127.0.0.1" if settings.SERVER_HOST in ("0.0.0.0", "::", "") else settings.SERVER_HOST
+    base = url or f"http://{host}:{settings.SERVER_PORT}"
     with httpx.Client(base_url=base, headers={"X-Api-Key": key}, timeout=120) as client:
 
         def data_of(response: httpx.Response) -> object:
@@ -203,7 +207,11 @@ def plugins() -> None:
 
 
 def main() -> None:
-    cli(prog_name="plugin-daemon")
+    try:
+        cli(prog_name="plugin-daemon")
+    except SettingsError as exc:  # one line naming the setting, no traceback
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Keys that were published in Dify's docker-compose files and examples. A daemon that
@@ -36,19 +36,29 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
     # --- HTTP server -------------------------------------------------------------------
-    SERVER_HOST: str = "127.0.0.1"
+    #: Go's default (dropin): every address, so another container (Dify's API) reaches it; the
+    #: API is guarded by SERVER_KEY, never a public one. 127.0.0.1 keeps it on this machine.
+    SERVER_HOST: str = "0.0.0.0"
     SERVER_PORT: int = 5002
     SERVER_KEY: str = ""
     ALLOW_PUBLIC_SERVER_KEY: bool = False
     MAX_REQUEST_BODY_SIZE: int = 60 * MiB
 
-    # --- where state lives -------------------------------------------------------------
-    #: One folder for everything the daemon keeps, unless a path below is set on its own.
+    # --- where state lives (dropin: Go's storage root and the paths under it) -----------
+    #: Go's storage: only "local" (a folder) is supported; anything else stops the start.
+    PLUGIN_STORAGE_TYPE: str = "local"
+    #: The storage root, as Go's PLUGIN_STORAGE_LOCAL_ROOT; unset = PLUGIN_DAEMON_HOME.
+    PLUGIN_STORAGE_LOCAL_ROOT: Path | None = None
+    #: This daemon's own name for the root (database, server key, everything below).
     PLUGIN_DAEMON_HOME: Path = Path("plugin-daemon-data")
-    PLUGIN_WORKING_PATH: Path | None = None
-    PLUGIN_PACKAGE_CACHE_PATH: Path | None = None
-    PLUGIN_MEDIA_CACHE_PATH: Path | None = None
-    PERSISTENCE_STORAGE_PATH: Path | None = None
+    #: Go's keys inside the storage root. As in Go, they always resolve under the root.
+    PLUGIN_INSTALLED_PATH: Path = Path("plugin")
+    PLUGIN_PACKAGE_CACHE_PATH: Path = Path("plugin_packages")
+    PLUGIN_MEDIA_CACHE_PATH: Path = Path("assets")
+    PERSISTENCE_STORAGE_PATH: Path = Path("persistence")
+    #: Where plugins are extracted and their environments built: relative = under the root,
+    #: absolute = that folder (Go resolves a relative one against its working directory).
+    PLUGIN_WORKING_PATH: Path = Path("cwd")
 
     # --- database ----------------------------------------------------------------------
     #: A full SQLAlchemy URL wins over the DB_* parts. Empty + DB_TYPE unset = SQLite in the home folder.
@@ -69,7 +79,8 @@ class Settings(BaseSettings):
     FORCE_VERIFYING_SIGNATURE: bool = False
     THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED: bool = False
     THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS: str = ""
-    PLUGIN_INSTALL_TIMEOUT: int = 15 * 60
+    #: minutes, as in Go (internal/service/install_plugin.go); see install_timeout_seconds
+    PLUGIN_INSTALL_TIMEOUT: int = 15
     PLUGIN_MAX_EXECUTION_TIMEOUT: int = 600
     PLUGIN_READY_TIMEOUT: float = 120.0
     #: serve plugin endpoints (public webhooks) at /e/{hook_id}/...
@@ -134,37 +145,89 @@ class Settings(BaseSettings):
     MAX_SERVERLESS_TRANSACTION_BYTES: int = 6 * MiB
     MAX_SERVERLESS_TRANSACTION_TIMEOUT: int = 300
 
-    # --- logging -----------------------------------------------------------------------
-    LOG_LEVEL: str = "INFO"
+    # --- logging and observability (dropin: Go's names and meanings) --------------------
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR"] = "INFO"
+    #: "text" (one line per record, never wrapped) or "json" (one JSON object per line)
+    LOG_OUTPUT_FORMAT: Literal["text", "json"] = "text"
+    #: also append the log to this file (created 0600, its folder 0700), as Go does
+    LOG_FILE: Path | None = None
+    #: serve Go's Prometheus metrics at /metrics (no key, as Go)
+    PROMETHEUS_ENABLED: bool = True
+    #: Go's legacy name for PLUGIN_RUNTIME_MAX_BUFFER_SIZE; wins when set to anything but 5 MiB
+    PLUGIN_STDIO_MAX_BUFFER_SIZE: int = 5 * MiB
+
+    @field_validator("LOG_LEVEL", "LOG_OUTPUT_FORMAT", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        if info.field_name == "LOG_LEVEL":
+            level = value.strip().upper()
+            return "WARNING" if level == "WARN" else level  # Go's WARN is logging's WARNING
+        return value.strip().lower()
+
+    @field_validator("PLUGIN_STORAGE_TYPE")
+    @classmethod
+    def _only_local_storage(cls, value: str) -> str:
+        if value != "local":
+            raise ValueError(f"{value!r} is not supported: only local storage (a folder, PLUGIN_STORAGE_LOCAL_ROOT)")
+        return value
+
+    @field_validator("LOG_FILE", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _go_rules(self) -> Settings:
+        if self.PLUGIN_STDIO_MAX_BUFFER_SIZE not in (5 * MiB, 0):  # Go's GetLocalRuntimeMaxBufferSize
+            object.__setattr__(self, "PLUGIN_RUNTIME_MAX_BUFFER_SIZE", self.PLUGIN_STDIO_MAX_BUFFER_SIZE)
+        for name in ("PLUGIN_INSTALLED_PATH", "PLUGIN_PACKAGE_CACHE_PATH", "PLUGIN_MEDIA_CACHE_PATH"):
+            if not self._storage_key(getattr(self, name)).is_relative_to(self.home):
+                raise ValueError(f"{name} must stay inside the storage root {self.home}")
+        if not self._storage_key(self.PERSISTENCE_STORAGE_PATH).is_relative_to(self.home):
+            raise ValueError(f"PERSISTENCE_STORAGE_PATH must stay inside the storage root {self.home}")
+        return self
 
     @field_validator("SERVER_KEY")
     @classmethod
     def _strip_key(cls, value: str) -> str:
         return value.strip()
 
-    # --- derived paths -----------------------------------------------------------------
+    # --- derived paths (dropin: resolved as Go lays them out) ---------------------------
     @cached_property
     def home(self) -> Path:
-        return self.PLUGIN_DAEMON_HOME.resolve()
+        """The storage root: everything the daemon writes lives below it (unless an absolute
+        PLUGIN_WORKING_PATH or LOG_FILE says otherwise)."""
+        return (self.PLUGIN_STORAGE_LOCAL_ROOT or self.PLUGIN_DAEMON_HOME).resolve()
 
-    def _under_home(self, explicit: Path | None, name: str) -> Path:
-        return (explicit or self.home / name).resolve()
+    def _storage_key(self, key: Path) -> Path:
+        # Go's local storage joins every key onto its root, a leading "/" included.
+        return (self.home / str(key).lstrip("/")).resolve()
 
     @property
     def working_path(self) -> Path:
-        return self._under_home(self.PLUGIN_WORKING_PATH, "cwd")
+        return (self.home / self.PLUGIN_WORKING_PATH).resolve()
+
+    @property
+    def installed_path(self) -> Path:
+        return self._storage_key(self.PLUGIN_INSTALLED_PATH)
 
     @property
     def package_path(self) -> Path:
-        return self._under_home(self.PLUGIN_PACKAGE_CACHE_PATH, "packages")
+        return self._storage_key(self.PLUGIN_PACKAGE_CACHE_PATH)
 
     @property
     def media_path(self) -> Path:
-        return self._under_home(self.PLUGIN_MEDIA_CACHE_PATH, "assets")
+        return self._storage_key(self.PLUGIN_MEDIA_CACHE_PATH)
 
     @property
     def persistence_path(self) -> Path:
-        return self._under_home(self.PERSISTENCE_STORAGE_PATH, "persistence")
+        return self._storage_key(self.PERSISTENCE_STORAGE_PATH)
+
+    @property
+    def install_timeout_seconds(self) -> float:
+        return self.PLUGIN_INSTALL_TIMEOUT * 60.0
 
     @property
     def database_url(self) -> str:
@@ -196,10 +259,32 @@ class Settings(BaseSettings):
         return generated
 
     def ensure_directories(self) -> None:
-        for path in (self.home, self.working_path, self.package_path, self.media_path, self.persistence_path):
+        paths = (self.home, self.working_path, self.installed_path, self.package_path, self.media_path)
+        for path in (*paths, self.persistence_path):
             path.mkdir(parents=True, exist_ok=True)
 
 
+class SettingsError(ValueError):
+    """A setting that failed validation: one line that names it, no traceback."""
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """One line per invalid setting: ``invalid setting NAME: reason`` (values are not shown:
+    they may be secrets)."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"])
+        reason = item["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {name}: {reason}" if name else f"invalid settings: {reason}")
+    return "; ".join(lines)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment and ``.env``, with explicit overrides on top."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Settings from the environment and ``.env``, with explicit overrides on top.
+
+    Raises :class:`SettingsError` (one line naming the setting) when a value is invalid.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc)) from None

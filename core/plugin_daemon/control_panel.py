@@ -64,7 +64,7 @@ class ControlPanel:
         async def launch(runtime: Runtime, identifier: str) -> None:
             try:
                 spec = await self.spec(identifier)
-                await runtime.ensure_ready(spec, timeout=self.daemon.settings.PLUGIN_INSTALL_TIMEOUT)
+                await runtime.ensure_ready(spec, timeout=self.daemon.settings.install_timeout_seconds)
                 log.info("plugin %s is running again", identifier)
             except (PluginUnavailable, DaemonError) as exc:
                 log.error("plugin %s could not be started again: %s", identifier, exc)

@@ -188,8 +188,8 @@ class Installer:
             last_progress = line
             daemon.task_group.start_soon(anyio.to_thread.run_sync, lambda: self._update(task_id, index, message=line))
 
-        with anyio.fail_after(daemon.settings.PLUGIN_INSTALL_TIMEOUT):
-            await runtime.ensure_ready(spec, timeout=daemon.settings.PLUGIN_INSTALL_TIMEOUT, progress=progress)
+        with anyio.fail_after(daemon.settings.install_timeout_seconds):
+            await runtime.ensure_ready(spec, timeout=daemon.settings.install_timeout_seconds, progress=progress)
         _, retired = await anyio.to_thread.run_sync(
             lambda: daemon.manager.install(tenant_id, identifier, runtime_type=runtime_type, source=source, meta=meta)
         )

@@ -103,7 +103,7 @@ def dify_plugin(dify_plugin_daemon: DaemonServer, pytestconfig: pytest.Config) -
         if not path.is_absolute():
             path = pytestconfig.rootpath / path
         tenant = tenant or str(uuid.uuid4())
-        timeout = install_timeout or dify_plugin_daemon.settings.PLUGIN_INSTALL_TIMEOUT + INSTALL_MARGIN
+        timeout = install_timeout or dify_plugin_daemon.settings.install_timeout_seconds + INSTALL_MARGIN
         installed = install_folder(dify_plugin_daemon.client, path, tenant, timeout=timeout)
         return PluginClient(
             dify_plugin_daemon.client,

@@ -78,8 +78,8 @@ def connector(
 ) -> None:
     """Run a serverless connector (SRI) that deploys plugins as functions on PROVIDER."""
     import uvicorn
-    from plugin_daemon.cli import configure_logging
     from plugin_daemon.config import PUBLIC_DEFAULT_KEYS
+    from plugin_daemon.logs import configure_logging
 
     from .app import create_connector_app
     from .options import ConnectorOptions
