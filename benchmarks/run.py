@@ -44,7 +44,6 @@ PLUGINS = ROOT / "tests" / "plugins"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))  # the tests' helpers
 
-from daemon_process import KEY, TENANT, DaemonProcess, install, upload  # noqa: E402
 from direct import DirectPlugin, DirectPluginError  # noqa: E402
 from loadgen import (  # noqa: E402
     HttpConnection,
@@ -58,6 +57,7 @@ from loadgen import (  # noqa: E402
 from runtime_rows import OTHER_RUNTIMES, RowContext, registered_runtimes  # noqa: E402
 
 from tests.runtimes.local.local_runtime_support import spec_of_package  # noqa: E402
+from tests.support.daemon_process import KEY, TENANT, DaemonProcess, install, upload  # noqa: E402
 
 #: Plugin environments built by the benchmark's daemons, kept between runs.
 CACHE = Path(os.environ.get("PLUGIN_DAEMON_BENCH_CACHE", "~/.cache/plugin-daemon-bench")).expanduser()
@@ -524,7 +524,7 @@ def sdk_import_times(python: Path, cwd: Path, count: int) -> list[float]:
 
 
 def _free_port() -> int:
-    from daemon_process import free_port
+    from tests.support.daemon_process import free_port
 
     return free_port()
 

@@ -21,8 +21,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon_process import KEY, TENANT, DaemonProcess, envelope, free_port, install, upload
 from loadgen import HttpTarget
+
+from tests.support.daemon_process import KEY, TENANT, DaemonProcess, envelope, free_port, install, upload
 
 
 @dataclass(frozen=True)

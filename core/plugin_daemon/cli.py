@@ -81,12 +81,12 @@ def serve(host: str | None, port: int | None) -> None:
 
     become_init_if_pid_1()  # as PID 1 (a container without an init), fork: the daemon runs as a child
 
-    import uvicorn
-
     from plugin_daemon.api.app import create_app
+    from plugin_daemon.connection_limits import http_limits
     from plugin_daemon.daemon import Daemon
     from plugin_daemon.go_settings import warnings_for
     from plugin_daemon.logs import configure_logging
+    from plugin_daemon.shutdown import serve_until_stopped
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_OUTPUT_FORMAT, settings.LOG_FILE)
@@ -99,8 +99,10 @@ def serve(host: str | None, port: int | None) -> None:
     daemon = Daemon(settings)
     names = ", ".join(sorted(daemon.control_panel.runtimes)) or "none"
     log.info("plugin-daemon %s: storage root %s, runtimes: %s", __version__, settings.home, names)
-    uvicorn.run(
+    serve_until_stopped(
         create_app(daemon),
+        daemon.shutdown,
+        settings.SERVER_SHUTDOWN_GRACE_PERIOD,
         host=host or settings.SERVER_HOST,
         port=port or settings.SERVER_PORT,
         log_config=None,  # the daemon's own log configuration (plugin_daemon.logs)
@@ -108,7 +110,7 @@ def serve(host: str | None, port: int | None) -> None:
         access_log=False,
         server_header=False,  # nothing reads them; each costs work on every response
         date_header=False,
-        timeout_graceful_shutdown=10,
+        **http_limits(settings),
     )
 
 

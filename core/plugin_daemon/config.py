@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     MAX_SERVERLESS_TRANSACTION_BYTES: int = 6 * MiB
     MAX_SERVERLESS_TRANSACTION_TIMEOUT: int = 300
 
+    # --- HTTP connection limits and shutdown (names after Go's http.Server fields) --------
+    #: seconds a client has to send a request's headers, from its first byte (or from the connection)
+    SERVER_READ_HEADER_TIMEOUT: float = 10.0
+    #: seconds a client has to send a whole request, headers and body
+    SERVER_READ_TIMEOUT: float = 60.0
+    #: seconds a keep-alive connection may wait idle for its next request
+    SERVER_IDLE_TIMEOUT: float = 60.0
+    #: requests served at once; past it a request is answered 503 at once; 0 = no cap
+    SERVER_MAX_CONCURRENT_REQUESTS: int = 1024
+    #: seconds calls in flight may take to finish after SIGTERM, before they are ended with an error
+    SERVER_SHUTDOWN_GRACE_PERIOD: float = 5.0
+
     # --- logging and observability (dropin: Go's names and meanings) --------------------
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR"] = "INFO"
     #: "text" (one line per record, never wrapped) or "json" (one JSON object per line)

@@ -16,6 +16,7 @@ from plugin_daemon.installer import Installer
 from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
 from plugin_daemon.sessions import SessionManager
+from plugin_daemon.shutdown import Shutdown
 from plugin_daemon.store.database import Database
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Daemon:
         self.database = Database(settings.database_url)
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager()
+        #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)
+        self.shutdown = Shutdown()
         self.backwards = BackwardsInvoker(settings, self.database)
         self.installer = Installer(self)
         self.control_panel = ControlPanel(self, self.extensions.runtime_factories())

@@ -107,21 +107,26 @@ async def relay_session(
     """
     pending = getattr(channel, "has_pending", None) if coalesce else None
     relay = _Relay(daemon, session, channel, emit, BlobMerger() if merge_blobs else None, pending)
+    shutdown = daemon.shutdown
     try:
         with anyio.move_on_after(daemon.settings.PLUGIN_MAX_EXECUTION_TIMEOUT) as deadline:
-            invoke = await relay.run(None)
-            if invoke is not None:
-                async with anyio.create_task_group() as calls:
-                    calls.start_soon(daemon.backwards.handle, session, channel, invoke)
-                    await relay.run(calls)
-                    calls.cancel_scope.cancel()
+            shutdown.track(deadline)  # a shutdown past its grace period cuts the call here
+            try:
+                invoke = await relay.run(None)
+                if invoke is not None:
+                    async with anyio.create_task_group() as calls:
+                        calls.start_soon(daemon.backwards.handle, session, channel, invoke)
+                        await relay.run(calls)
+                        calls.cancel_scope.cancel()
+            finally:
+                shutdown.untrack(deadline)
         if deadline.cancelled_caught:
-            relay.held += sse_failure(InternalError("killed by timeout"))
+            relay.held += sse_failure(shutdown.error() if shutdown.cutting else InternalError("killed by timeout"))
     except DaemonError as exc:
         relay.held += sse_failure(exc)
     except Exception as exc:
         log.exception("session %s failed", session.id)
-        relay.held += sse_failure(InternalError(f"session failed: {exc}"))
+        relay.held += sse_failure(InternalError(f"session failed: internal error ({type(exc).__name__})"))
     finally:
         daemon.sessions.end(session)
         with anyio.CancelScope(shield=True):

@@ -16,6 +16,7 @@ from plugin_daemon.api.envelope import JSONResponse
 from plugin_daemon.api.health import health_check
 from plugin_daemon.api.management import BUNDLE_UPLOAD_SUFFIX
 from plugin_daemon.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from plugin_daemon.connection_limits import ConcurrencyLimitMiddleware
 from plugin_daemon.daemon import Daemon
 
 
@@ -64,5 +65,9 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
         limit=settings.MAX_REQUEST_BODY_SIZE,
         # the bundle and the multipart around it
         limits_by_suffix={BUNDLE_UPLOAD_SUFFIX: settings.MAX_BUNDLE_PACKAGE_SIZE + settings.MAX_REQUEST_BODY_SIZE},
+    )
+    # outermost: refused at once past the cap, or once shutting down
+    app.add_middleware(
+        ConcurrencyLimitMiddleware, limit=settings.SERVER_MAX_CONCURRENT_REQUESTS, shutdown=daemon.shutdown
     )
     return app

@@ -13,7 +13,8 @@ from plugin_daemon.errors import BadRequest, DaemonError, Unauthorized
 PROTECTED_PREFIXES = ("/plugin/", "/v2/invoke/")
 
 
-async def _send_error(send: Send, error: DaemonError, status: int) -> None:
+async def send_error(send: Send, error: DaemonError, status: int) -> None:
+    """Answer ``error`` in Dify's envelope with HTTP ``status``, before anything else was sent."""
     body = orjson.dumps(error.envelope())
     await send(
         {
@@ -40,7 +41,7 @@ class ApiKeyMiddleware:
                     supplied = value
                     break
             if not hmac.compare_digest(supplied, self.key):
-                await _send_error(send, Unauthorized("unauthorized"), 401)
+                await send_error(send, Unauthorized("unauthorized"), 401)
                 return
         await self.app(scope, receive, send)
 
@@ -70,7 +71,7 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit():
                 declared = int(value)
                 if declared > limit:
-                    await _send_error(send, _too_large(limit), 413)
+                    await send_error(send, _too_large(limit), 413)
                     return
             elif name == b"transfer-encoding":
                 declared = -1  # chunked: the length is only known while reading
@@ -93,7 +94,7 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await _send_error(send, _too_large(limit), 413)
+            await send_error(send, _too_large(limit), 413)
 
 
 def _too_large(limit: int) -> BadRequest:

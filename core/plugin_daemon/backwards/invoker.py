@@ -70,22 +70,28 @@ class BackwardsInvoker:
         async def reply(event: str, message: str = "", data: Any = None) -> None:
             await channel.send(encode_backwards_response(session.id, request_id or "", event, message, data))
 
+        failure: str | None = None
         try:
-            try:
-                invoke_type, request = self._check(session, payload)
-                if invoke_type == "storage":
-                    result = await anyio.to_thread.run_sync(
-                        self.storage.handle, session.tenant_id, session.plugin_id, session.declaration, request
-                    )
-                    await reply("response", "struct", result)
-                else:
-                    await self._call_dify_for_the_caller(session, invoke_type, request, reply)
-            except (BackwardsRefused, StorageError, DifyCallError) as exc:
-                await reply("error", str(exc))
-            except TimeoutError:
-                await reply("error", timeout_message(self.dify.read_deadline))
+            invoke_type, request = self._check(session, payload)
+            if invoke_type == "storage":
+                result = await anyio.to_thread.run_sync(
+                    self.storage.handle, session.tenant_id, session.plugin_id, session.declaration, request
+                )
+                await reply("response", "struct", result)
+            else:
+                await self._call_dify_for_the_caller(session, invoke_type, request, reply)
+        except (BackwardsRefused, StorageError, DifyCallError) as exc:
+            failure = str(exc)
+        except TimeoutError:
+            failure = timeout_message(self.dify.read_deadline)
+        except Exception as exc:  # a fault inside the daemon (a database gone, a bug): still answer
+            log.exception("backwards invocation %s of session %s failed", request_id, session.id)
+            failure = f"the plugin daemon failed to answer this call: internal error ({type(exc).__name__})"
+        try:
+            if failure is not None:
+                await reply("error", failure)
             await reply("end")
-        except Exception as exc:  # the plugin stopped listening, or a bug: never leak the call
+        except Exception as exc:  # the plugin stopped listening: nobody to answer
             log.warning("backwards invocation %s of session %s ended early: %s", request_id, session.id, exc)
 
     def _check(self, session: Session, payload: Any) -> tuple[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The daemon under test as a process of its own (``plugin-daemon serve``), and what the benchmark asks of it.
+"""The daemon as a process of its own (``plugin-daemon serve``): for the benchmark, and for tests that
+signal it, kill it or hold its sockets.
 
 The daemon runs exactly as an operator runs it (same CLI, same uvicorn settings), on loopback, with
 its state in a temporary home; plugin environments live in a working path kept between runs, so a
@@ -33,10 +34,12 @@ def free_port() -> int:
 class DaemonProcess:
     """``python -m plugin_daemon.cli serve`` with the benchmark's settings."""
 
-    def __init__(self, home: Path, working_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, working_path: Path, *, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.home = home
         self.working_path = working_path
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
