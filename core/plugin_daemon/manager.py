@@ -162,14 +162,17 @@ class PluginManager:
         return self._decode_response(identifier, row.declaration, row.verification)
 
     def manifest(self, identifier: str) -> dict[str, Any]:
-        return self.decode_from_identifier(identifier)["manifest"]
+        try:
+            return self.decode_from_identifier(identifier)["manifest"]
+        except NotFound:  # Go's answer (internal/service/plugin_decoder.go), which Dify's client expects
+            raise BadRequest("plugin not found") from None
 
     def readme(self, identifier: str, language: str) -> dict[str, str]:
         """The package's readme in ``language`` (else en_US, else any): ``{"content", "language"}``."""
         language = language or DEFAULT_LANGUAGE
         picked = pick_readme(readmes(self._package_entries(identifier, is_readme)), language)
-        if picked is None:  # Dify shows an empty readme for "none"; an error status would not reach it
-            return {"content": "", "language": language}
+        if picked is None:  # Go's answer (internal/service/plugin_readme.go): Dify then shows no readme
+            raise NotFound("no readme content available for this plugin")
         return {"content": picked[1], "language": picked[0]}
 
     def extract_asset(self, identifier: str, file_path: str) -> bytes:

@@ -161,11 +161,25 @@ def test_full_lifecycle(make_settings, database_url, echo_package) -> None:
             client.get(f"/plugin/{TENANT}/management/fetch/manifest", params={"plugin_unique_identifier": identifier})
         )
         assert fetched["name"] == "echo_tool"
+        # Go's answers, as Dify's client expects them
+        unknown = client.get(
+            f"/plugin/{TENANT}/management/fetch/manifest",
+            params={"plugin_unique_identifier": "tester/other:0.0.1@" + "a" * 64},
+        )
+        assert unknown.status_code == 200
+        assert unknown.json()["code"] == -400
+        assert error_of(unknown) == {
+            "message": "plugin not found",
+            "error_type": "PluginDaemonBadRequestError",
+            "args": None,
+        }
 
         icon = manifest["icon"]
         asset = client.get(f"/plugin/{TENANT}/asset/{icon}")
         assert asset.status_code == 200
         assert asset.content == (ECHO_TOOL / "_assets" / "icon.svg").read_bytes()
+        no_asset = client.get(f"/plugin/{TENANT}/asset/{'0' * 64}.svg")
+        assert (no_asset.status_code, no_asset.content) == (200, b"")
 
         answer = client.post(
             f"/plugin/{TENANT}/dispatch/tool/invoke",

@@ -79,8 +79,14 @@ def test_readmes_by_language_with_fallbacks(make_settings, tmp_path) -> None:
         assert envelope(_readme(client, readable, "")) == {"content": "# Readable\n", "language": "en_US"}
         assert envelope(_readme(client, japanese, "en_US")) == {"content": "# 日本語\n", "language": "ja_JP"}
 
-        # no readme is an empty one (what Dify shows for "none")
-        assert envelope(_readme(client, silent, "ja_JP")) == {"content": "", "language": "ja_JP"}
+        # no readme: Go's NotFound answer (HTTP 200, code -404)
+        none = _readme(client, silent, "ja_JP")
+        assert none.status_code == 200 and none.json()["code"] == -404
+        assert error_of(none) == {
+            "message": "no readme content available for this plugin",
+            "error_type": "PluginDaemonNotFoundError",
+            "args": None,
+        }
         unknown = _readme(client, "tester/ghost:0.0.1@" + "a" * 64, "en_US")
         assert unknown.status_code == 200  # Dify reads the error type only from a 200 answer
         assert error_of(unknown)["error_type"] == "PluginDaemonNotFoundError"

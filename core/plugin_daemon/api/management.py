@@ -17,7 +17,7 @@ from starlette.routing import Route
 from plugin_daemon import category_listing
 from plugin_daemon.api.envelope import failure, success
 from plugin_daemon.api.requests import field, json_body, page, query, tenant
-from plugin_daemon.errors import BadRequest, DaemonError, InternalError, NotFound, PluginNotFound
+from plugin_daemon.errors import BadRequest, DaemonError, InternalError, PluginNotFound
 
 if TYPE_CHECKING:
     from plugin_daemon.daemon import Daemon
@@ -293,8 +293,8 @@ async def tools_check_existence(request: Request) -> Any:
 
 async def get_asset(request: Request) -> Response:
     data = await in_thread(daemon_of(request).manager.media.get, request.path_params["asset_id"])
-    if data is None:
-        return failure(NotFound(f"asset {request.path_params['asset_id']} not found", http_status=404))
+    if data is None:  # Go answers an unknown asset id with HTTP 200 and an empty body (GetAsset)
+        return Response(b"", status_code=200)
     return Response(data, media_type="application/octet-stream")
 
 
