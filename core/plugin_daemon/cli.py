@@ -96,7 +96,10 @@ def serve(host: str | None, port: int | None) -> None:
         resolve_server_key(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except ValueError as exc:  # a setting a runtime refuses (PLUGIN_EXTRA_ENV naming a secret, say)
+        raise click.ClickException(str(exc)) from None
     names = ", ".join(sorted(daemon.control_panel.runtimes)) or "none"
     log.info("plugin-daemon %s: storage root %s, runtimes: %s", __version__, settings.home, names)
     serve_until_stopped(

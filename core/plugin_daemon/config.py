@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     HTTPS_PROXY: str = ""
     NO_PROXY: str = ""
 
+    # --- plugin interpreters and environment (local runtime) ----------------------------
+    #: let uv download a managed Python when none here satisfies a plugin: never | automatic | manual
+    UV_PYTHON_DOWNLOADS: Literal["never", "automatic", "manual"] = "never"
+    #: extra variables for plugin processes: NAME (copied from the daemon's environment) or NAME=value
+    PLUGIN_EXTRA_ENV: str = ""
+
     # --- backwards invocation ----------------------------------------------------------
     DIFY_INNER_API_URL: str = "http://127.0.0.1:5001"
     DIFY_INNER_API_KEY: str = ""

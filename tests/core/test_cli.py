@@ -116,6 +116,22 @@ def test_serve_refuses_a_public_default_key(tmp_path: Path) -> None:
     assert "publicly known" in result.stdout + result.stderr
 
 
+def test_serve_refuses_to_pass_a_secret_to_plugins(tmp_path: Path) -> None:
+    environ = dict(os.environ, SERVER_KEY="a-key-nobody-knows", PLUGIN_EXTRA_ENV="HF_HOME DIFY_INNER_API_KEY")
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "PLUGIN_EXTRA_ENV: DIFY_INNER_API_KEY is one of the daemon's secrets" in output
+    assert "Traceback" not in output
+
+
 def test_install_uploads_and_follows_the_task(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import TEST_KEY
     from tests.support.daemon_server import running_daemon

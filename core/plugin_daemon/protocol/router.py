@@ -7,7 +7,8 @@ A runtime feeds every line its reader gets (from a process's stdout, from a TCP 
 - reports heartbeats to ``on_heartbeat``;
 - writes the plugin's log records to ``logger`` at their level, and what is wrong with the
   output (unreadable lines, plugin-wide errors, oversize lines) as warnings; ``on_note``, when
-  given, hears the same records;
+  given, hears the same records; ``on_unreadable``, when given, takes the lines that are not
+  protocol frames instead (a runtime that logs them in batches and keeps their tail);
 - fails only the session an oversize line belonged to.
 
 When the connection goes, :meth:`SessionRouter.fail_all` ends every open session with an error at
@@ -37,6 +38,8 @@ from plugin_daemon.runtime import SessionEvent
 Writer = Callable[[bytes], Awaitable[None]]
 #: Hears a log record about the plugin: (logging level, message).
 NoteListener = Callable[[int, str], None]
+#: Takes the text of one output line that is not a protocol frame.
+UnreadableListener = Callable[[str], None]
 
 LOG_LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -58,9 +61,10 @@ class SessionRouter:
     :param logger: where the plugin's log records and output problems are logged.
     :param on_heartbeat: called on every heartbeat.
     :param on_note: also hears every record written to ``logger``.
+    :param on_unreadable: takes the lines that are not protocol frames (instead of a warning each).
     """
 
-    __slots__ = ("plugin_id", "write", "max_line", "logger", "on_heartbeat", "on_note", "sessions")
+    __slots__ = ("plugin_id", "write", "max_line", "logger", "on_heartbeat", "on_note", "on_unreadable", "sessions")
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class SessionRouter:
         logger: logging.Logger,
         on_heartbeat: Callable[[], None] | None = None,
         on_note: NoteListener | None = None,
+        on_unreadable: UnreadableListener | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.write = write
@@ -78,6 +83,7 @@ class SessionRouter:
         self.logger = logger
         self.on_heartbeat = on_heartbeat
         self.on_note = on_note
+        self.on_unreadable = on_unreadable
         self.sessions: dict[str, QueueSessionChannel] = {}
 
     # --- requests -------------------------------------------------------------------------
@@ -132,7 +138,10 @@ class SessionRouter:
         elif isinstance(frame, ManifestEcho):
             self.logger.debug("plugin printed its manifest")
         elif isinstance(frame, Unreadable):
-            self._note(logging.WARNING, f"unreadable output line: {frame.text}")
+            if self.on_unreadable is not None:
+                self.on_unreadable(frame.text)
+            else:
+                self._note(logging.WARNING, f"unreadable output line: {frame.text}")
         else:
             self.logger.debug("ignored output %r", frame)
 

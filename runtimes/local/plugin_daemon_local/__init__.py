@@ -3,13 +3,15 @@ virtualenv, talking the Dify plugin protocol over stdin/stdout.
 
 Modules, one job each:
 
-- ``interpreters``: find the Python a plugin asks for (``meta.runner.version``);
+- ``interpreters``: find a Python of a given version, or every one on the machine;
+- ``python_choice``: pick a plugin's Python from its ``requires-python`` and manifest, and say why;
 - ``environment``: extract the package and build its venv with uv (marker, locks);
 - ``commands``: run an install command under inactivity and hard deadlines;
 - ``envvars``: the allow-listed environments of plugins and of uv;
 - ``spawning``: start children in their own process group, dying with the daemon;
 - ``process``: one plugin process (pipes, exit; sessions are routed by the core's
   ``plugin_daemon.protocol.router``);
+- ``stray_output``: what a plugin writes on stdout outside the protocol (tail, logged in bursts);
 - ``memory``: RSS of process trees;
 - ``supervisor``: one plugin's life (launch, ready, restart with backoff, crash-loop cap);
 - ``runtime``: :class:`LocalRuntime`, the :class:`plugin_daemon.runtime.Runtime` of it all.

@@ -34,7 +34,8 @@ from plugin_daemon.runtime import PluginSpec
 
 from .commands import CommandResult, run_watched
 from .envvars import uv_environment
-from .interpreters import Interpreter, InterpreterFinder, requested_version
+from .interpreters import InterpreterFinder, probe
+from .python_choice import NoSuitablePython, PythonChoice, choose_python
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,11 @@ class EnvironmentBuilder:
                 if not _has_files(layout.workdir):
                     progress("extracting package")
                     await anyio.to_thread.run_sync(self._extract, spec, layout)
-                interpreter = await self.finder.find(requested_version(spec.declaration))
-                progress(f"building environment with Python {interpreter.short_version} (uv)")
-                await self._build(spec, layout, interpreter)
+                choice = await self._choose_python(spec, layout)
+                progress(
+                    f"building environment with {choice.label} (uv)" + (f": {choice.reason}" if choice.reason else "")
+                )
+                await self._build(spec, layout, choice)
         return layout
 
     # --- extraction ------------------------------------------------------------------------
@@ -182,7 +185,22 @@ class EnvironmentBuilder:
 
     # --- venv ------------------------------------------------------------------------------
 
-    async def _build(self, spec: PluginSpec, layout: PluginLayout, interpreter: Interpreter) -> None:
+    async def _choose_python(self, spec: PluginSpec, layout: PluginLayout) -> PythonChoice:
+        try:
+            choice = await choose_python(
+                self.finder, spec.declaration, layout.workdir, downloads=self.settings.UV_PYTHON_DOWNLOADS
+            )
+        except NoSuitablePython as exc:
+            raise EnvironmentBuildError(f"cannot build the environment of {spec.identifier}: {exc}") from exc
+        logger.info(
+            "%s: building with %s%s",
+            spec.identifier,
+            choice.python_argument,
+            f" ({choice.reason})" if choice.reason else "",
+        )
+        return choice
+
+    async def _build(self, spec: PluginSpec, layout: PluginLayout, choice: PythonChoice) -> None:
         started = time.monotonic()
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(layout.venv, ignore_errors=True))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -192,17 +210,20 @@ class EnvironmentBuilder:
             layout,
             env,
             "creating the virtualenv",
-            ["venv", str(layout.venv), "--python", interpreter.path],
+            ["venv", str(layout.venv), "--python", choice.python_argument],
         )
+        built_on = await probe(str(layout.python))
+        version = built_on.version if built_on is not None else "unknown"
         await self._uv_step(spec, layout, env, "installing dependencies", self._install_args(layout))
         await self._warm_up(spec, layout)
         marker = {
             "format": MARKER_FORMAT,
             "checksum": spec.checksum,
             "identifier": spec.identifier,
-            "python": interpreter.version,
-            "interpreter": interpreter.path,
-            "requested_python": interpreter.requested,
+            "python": version,
+            "interpreter": choice.python_argument,
+            "requested_python": choice.uv_request,
+            "python_reason": choice.reason,
             "built_at": time.time(),
         }
         layout.marker.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +233,7 @@ class EnvironmentBuilder:
         logger.info(
             "built the environment of %s with Python %s in %.1f s",
             spec.identifier,
-            interpreter.version,
+            version,
             time.monotonic() - started,
         )
 

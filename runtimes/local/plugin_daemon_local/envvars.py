@@ -3,11 +3,17 @@
 The daemon's environment holds its secrets (``SERVER_KEY``, ``DB_*``, ``DIFY_INNER_API_KEY``,
 storage credentials); a plugin gets only what a Python program needs to run, and uv only what
 it needs to resolve and download packages (its own index configuration included).
+
+An operator adds to a plugin's allow-list with ``PLUGIN_EXTRA_ENV`` (:func:`extra_plugin_environment`):
+names copied from the daemon's environment, or ``NAME=value`` pairs. A name that looks like a
+credential is never copied, and the daemon's own secret settings are refused in both forms.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +32,8 @@ PLUGIN_ENV_NAMES = (
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
     "REQUESTS_CA_BUNDLE",
+    # the SDK counts tokens with tiktoken; encodings preloaded here spare a download (as the Go image)
+    "TIKTOKEN_CACHE_DIR",
 )
 #: Copied to uv as well: user configuration (``~/.config/uv/uv.toml``, pip.conf) and credentials files.
 UV_ENV_NAMES = (*PLUGIN_ENV_NAMES, "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "NETRC", "CURL_CA_BUNDLE")
@@ -100,6 +108,74 @@ def uv_environment(
     env["VIRTUAL_ENV"] = str(venv)
     env["UV_PROJECT_ENVIRONMENT"] = str(venv)
     env["UV_CACHE_DIR"] = str(cache_dir)
-    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["UV_PYTHON_DOWNLOADS"] = settings.UV_PYTHON_DOWNLOADS
     env["UV_NO_PROGRESS"] = "1"
+    return env
+
+
+#: Name parts (between underscores) that mark a variable as a credential.
+_SECRET_PARTS = frozenset(
+    {
+        "KEY",
+        "KEYS",
+        "APIKEY",
+        "SECRET",
+        "SECRETS",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "TOKEN",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "DSN",
+    }
+)
+#: Set by the runtime itself; an operator's value would break the plugin's venv.
+_RESERVED = frozenset({"PATH", "VIRTUAL_ENV", "INSTALL_METHOD", "PYTHONHOME"})
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def looks_secret(name: str) -> bool:
+    """True for a name that holds a credential (``DB_PASSWORD``, ``AWS_SECRET_KEY``, ``DATABASE_URL``...)."""
+    upper = name.upper()
+    parts = set(upper.split("_"))
+    return bool(parts & _SECRET_PARTS) or "CONNECTION_STRING" in upper or upper in ("DATABASE_URL", "REDIS_URL")
+
+
+def daemon_secret_names() -> frozenset[str]:
+    """The daemon's own settings that hold a secret."""
+    return frozenset(name for name in Settings.model_fields if looks_secret(name))
+
+
+def extra_plugin_environment(settings: Settings, source: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables ``PLUGIN_EXTRA_ENV`` adds to every plugin's environment.
+
+    Items are separated by commas or spaces (shell quoting keeps a value whole). ``NAME`` copies
+    the daemon's variable when it is set; ``NAME=value`` sets it. Raises ``ValueError``, naming
+    the item, for a malformed item, a variable the runtime sets itself, a name that looks like
+    a credential given without a value, or one of the daemon's own secrets.
+    """
+    lexer = shlex.shlex(settings.PLUGIN_EXTRA_ENV, posix=True)
+    lexer.whitespace += ","
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    own_secrets = daemon_secret_names()
+    env: dict[str, str] = {}
+    for item in lexer:
+        name, has_value, value = item.partition("=")
+        if not _NAME.match(name):
+            raise ValueError(f"PLUGIN_EXTRA_ENV: {item!r} is not NAME or NAME=value")
+        if name.upper() in _RESERVED:
+            raise ValueError(f"PLUGIN_EXTRA_ENV: {name} is set by the local runtime itself and cannot be changed")
+        if name.upper() in own_secrets:
+            raise ValueError(f"PLUGIN_EXTRA_ENV: {name} is one of the daemon's secrets; it never reaches plugins")
+        if has_value:
+            env[name] = value
+        elif looks_secret(name):
+            raise ValueError(
+                f"PLUGIN_EXTRA_ENV: {name} looks like a credential and is not copied from the daemon's "
+                f"environment; to give plugins a value of their own, write {name}=value"
+            )
+        elif name in source:
+            env[name] = source[name]
     return env

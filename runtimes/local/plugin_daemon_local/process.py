@@ -1,9 +1,10 @@
 """One plugin process: spawn it, read its stdout and stderr, route sessions, watch its exit.
 
 One task reads stdout and hands every line to a :class:`~plugin_daemon.protocol.router.SessionRouter`
-synchronously (no task per request or per frame);
+synchronously (no task per request or per frame); the lines that are not protocol frames go to
+a :class:`~plugin_daemon_local.stray_output.StrayOutput` (bounded tail, logged in bursts);
 one task reads stderr into the log and a bounded tail; the exit watcher fails every session in
-flight at once when the process goes, with the exit code and the stderr tail, or with the
+flight at once when the process goes, with the exit code and both tails, or with the
 reason the runtime gave when it killed the process on purpose.
 """
 
@@ -25,6 +26,7 @@ from plugin_daemon.runtime import PluginSpec, PluginUnavailable
 
 from .commands import OutputTail
 from .spawning import ReaderStream, signal_group, spawn
+from .stray_output import StrayOutput
 
 #: Bytes of stderr kept for error messages.
 STDERR_TAIL_BYTES = 4096
@@ -60,8 +62,14 @@ class PluginProcess:
         self.env = env
         self.max_line = settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE
         self.logger = logging.getLogger(f"plugin.{spec.plugin_id}")
+        self.stray_stdout = StrayOutput(self.logger)
         self.router = SessionRouter(
-            spec.plugin_id, self.write_line, max_line=self.max_line, logger=self.logger, on_heartbeat=self._heartbeat
+            spec.plugin_id,
+            self.write_line,
+            max_line=self.max_line,
+            logger=self.logger,
+            on_heartbeat=self._heartbeat,
+            on_unreadable=self.stray_stdout.add,
         )
         self.stderr_tail = OutputTail(STDERR_TAIL_BYTES)
         self.pid: int | None = None
@@ -102,6 +110,7 @@ class PluginProcess:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._read_stdout)
                 group.start_soon(self._read_stderr)
+                group.start_soon(self.stray_stdout.log_in_bursts)
                 await process.wait()
                 self._notify_exit()  # stop routing new sessions here before draining
                 with anyio.move_on_after(DRAIN_GRACE):
@@ -129,11 +138,17 @@ class PluginProcess:
         """(error_type, message) describing why the process is gone."""
         if self.termination is not None:
             return self.termination
-        tail = self.stderr_tail.text().strip()
         return (
             "PluginProcessExited",
-            f"plugin {self.spec.plugin_id} {describe_exit(self.returncode)}"
-            + (f"; stderr tail:\n{tail}" if tail else "; it wrote nothing to stderr"),
+            f"plugin {self.spec.plugin_id} {describe_exit(self.returncode)}{self.output_tails()}",
+        )
+
+    def output_tails(self) -> str:
+        """The ends of what the process wrote outside the protocol, for error messages (``; ...``)."""
+        stderr = self.stderr_tail.text().strip()
+        stdout = self.stray_stdout.text()
+        return (f"; stderr tail:\n{stderr}" if stderr else "; it wrote nothing to stderr") + (
+            f"; stdout tail (lines that are not protocol frames):\n{stdout}" if stdout else ""
         )
 
     @property

@@ -23,6 +23,7 @@ from plugin_daemon.config import Settings
 from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, Runtime, SessionChannel
 
 from .environment import EnvironmentBuilder
+from .envvars import extra_plugin_environment
 from .memory import MiB, tree_rss
 from .supervisor import PluginSupervisor
 
@@ -38,15 +39,20 @@ class LocalRuntime(Runtime):
     """Runs installed plugins as ``<venv>/bin/python -m <entrypoint>`` subprocesses.
 
     :param settings: the daemon's settings (working path, uv, timeouts, limits).
-    :param extra_env: variables added to every plugin's environment (after the allow-list), for
-        example ``{"HEARTBEAT_INTERVAL": "1"}`` in tests.
+    :param extra_env: variables added to every plugin's environment (after the allow-list and
+        ``PLUGIN_EXTRA_ENV``), for example ``{"HEARTBEAT_INTERVAL": "1"}`` in tests.
+    :raises ValueError: ``PLUGIN_EXTRA_ENV`` is malformed or names one of the daemon's secrets.
     """
 
     name: ClassVar[str] = "local"
 
     def __init__(self, settings: Settings, *, extra_env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = {**extra_plugin_environment(settings), **(extra_env or {})}
+        if settings.PLUGIN_EXTRA_ENV:
+            logger.info(
+                "plugins get these extra variables (PLUGIN_EXTRA_ENV): %s", ", ".join(self.extra_env) or "none set"
+            )
         self.builder = EnvironmentBuilder(settings)
         self.launch_limiter = anyio.Semaphore(max(1, settings.PLUGIN_LOCAL_LAUNCHING_CONCURRENT))
         self._supervisors: dict[str, PluginSupervisor] = {}

@@ -204,8 +204,7 @@ class PluginSupervisor:
                 self.progress("restarting")
 
     def _launch_failure(self, process: PluginProcess) -> str:
-        tail = process.stderr_tail.text().strip()
-        tail_text = f"; stderr tail:\n{tail}" if tail else "; it wrote nothing to stderr"
+        tail_text = process.output_tails()
         if process.termination is not None and process.termination[0] != "PluginStartTimeout":
             return process.termination[1]
         if process.termination is not None:

@@ -12,14 +12,16 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import SocketStream
+from packaging.version import Version
 from plugin_daemon.runtime import PluginSpec, PluginUnavailable
 from plugin_daemon_local import LocalRuntime
 from plugin_daemon_local.commands import run_watched
-from plugin_daemon_local.environment import PluginLayout, find_uv
-from plugin_daemon_local.envvars import plugin_environment, uv_environment
-from plugin_daemon_local.interpreters import InterpreterFinder, probe, requested_version
+from plugin_daemon_local.environment import PluginLayout, find_uv, read_marker
+from plugin_daemon_local.envvars import extra_plugin_environment, plugin_environment, uv_environment
+from plugin_daemon_local.interpreters import Interpreter, InterpreterFinder, probe, requested_version
+from plugin_daemon_local.python_choice import PythonChoice, choose_python, read_requirement
 
-from tests.runtimes.local.local_runtime_support import make_settings
+from tests.runtimes.local.local_runtime_support import BUILD_TIMEOUT, invoke, make_settings, texts
 
 pytestmark = pytest.mark.anyio
 
@@ -170,6 +172,28 @@ def test_plugin_environment_is_an_allow_list(tmp_path: Path) -> None:
     }
 
 
+def test_extra_plugin_environment_copies_names_sets_pairs_and_refuses_secrets(tmp_path: Path) -> None:
+    source = {"HF_HOME": "/models", "OPENAI_API_KEY": "daemon-secret", "SERVER_KEY": "s"}
+    setting = 'HF_HOME, NOT_SET REGION="eu west,2" OPENAI_API_KEY=for-plugins'
+    env = extra_plugin_environment(make_settings(tmp_path, PLUGIN_EXTRA_ENV=setting), source)
+    assert env == {"HF_HOME": "/models", "REGION": "eu west,2", "OPENAI_API_KEY": "for-plugins"}
+    refused = {
+        "SERVER_KEY": "one of the daemon's secrets",
+        "DIFY_INNER_API_KEY=x": "one of the daemon's secrets",
+        "DB_PASSWORD": "one of the daemon's secrets",
+        "DATABASE_URL": "one of the daemon's secrets",
+        "AWS_SECRET_KEY": "looks like a credential",
+        "OPENAI_API_KEY": "write OPENAI_API_KEY=value",
+        "PATH=/tmp": "set by the local runtime itself",
+        "1BAD": "is not NAME or NAME=value",
+    }
+    for item, reason in refused.items():
+        with pytest.raises(ValueError, match="PLUGIN_EXTRA_ENV") as caught:
+            extra_plugin_environment(make_settings(tmp_path, PLUGIN_EXTRA_ENV=f"HF_HOME {item}"), source)
+        assert reason in str(caught.value), item
+    assert extra_plugin_environment(make_settings(tmp_path, PLUGIN_EXTRA_ENV="TIKTOKEN_CACHE_DIR"), {}) == {}
+
+
 def test_layout_refuses_unsafe_identifiers(tmp_path: Path) -> None:
     layout = PluginLayout.for_identifier(tmp_path, "a/b:1.0.0@abc123")
     assert layout.workdir == tmp_path / "a" / "b-1.0.0@abc123"
@@ -177,3 +201,111 @@ def test_layout_refuses_unsafe_identifiers(tmp_path: Path) -> None:
     for bad in ("../x/b:1@abc", "a/../../b:1@abc", "a/b:1@../../x", "a/b:1@"):
         with pytest.raises(Exception, match="invalid"):
             PluginLayout.for_identifier(tmp_path, bad)
+
+
+# --- the interpreter a plugin is built with: its own requires-python decides ---------------------
+
+
+async def _every_python() -> list[Interpreter]:
+    return await InterpreterFinder(uv_bin=None).every()
+
+
+def _only_these_pythons(monkeypatch: pytest.MonkeyPatch, home: Path, pythons: list[Interpreter]) -> None:
+    """Let discovery see exactly ``pythons``: a PATH of links to them, no pyenv, no uv-managed ones."""
+    folder = home / "bin"
+    folder.mkdir(parents=True)
+    for interpreter in pythons:
+        (folder / f"python{interpreter.short_version}").symlink_to(interpreter.path)
+    monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("PYENV_ROOT", "XDG_DATA_HOME", "UV_PYTHON_INSTALL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_requirement_comes_from_pyproject_and_uv_lock(tmp_path: Path) -> None:
+    assert read_requirement(tmp_path) is None  # requirements.txt plugins declare none
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\nrequires-python = ">=3.11"\n')
+    requirement = read_requirement(tmp_path)
+    assert requirement is not None and str(requirement) == "requires-python >=3.11 (pyproject.toml)"
+    (tmp_path / "uv.lock").write_text('version = 1\nrequires-python = ">=3.12, <3.14"\n')
+    requirement = read_requirement(tmp_path)
+    assert requirement is not None and requirement.source == "pyproject.toml and uv.lock"
+    assert not requirement.allows("3.11.7") and requirement.allows("3.12.1") and not requirement.allows("3.14.0")
+
+
+async def test_choice_prefers_the_manifest_then_312_then_the_highest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_minor = {interpreter.short_version: interpreter for interpreter in reversed(await _every_python())}
+    if not {"3.11", "3.12", "3.13"} <= set(by_minor):
+        pytest.skip("needs Pythons 3.11, 3.12 and 3.13 on this machine")
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "pyproject.toml").write_text('[project]\nname = "p"\nrequires-python = ">=3.12"\n')
+    _only_these_pythons(monkeypatch, tmp_path / "home", [by_minor[v] for v in ("3.11", "3.12", "3.13")])
+
+    async def choose(version: str) -> PythonChoice:
+        declaration = {"meta": {"runner": {"version": version}}}
+        return await choose_python(InterpreterFinder(uv_bin=None), declaration, plugin, downloads="never")
+
+    named = await choose("3.13")
+    assert named.interpreter is not None and named.interpreter.short_version == "3.13"
+    assert named.reason == "meta.runner.version 3.13 satisfies requires-python >=3.12 (pyproject.toml)"
+    old = await choose("3.10")
+    assert old.interpreter is not None and old.interpreter.short_version == "3.12"
+    assert old.reason.startswith("meta.runner.version 3.10 does not satisfy requires-python >=3.12 (pyproject.toml)")
+    assert "3.12 is preferred" in old.reason
+    (plugin / "pyproject.toml").write_text('[project]\nname = "p"\nrequires-python = ">=3.13"\n')
+    highest = await choose("3.11")
+    assert highest.interpreter is not None and highest.interpreter.short_version == "3.13"
+    assert "the highest compatible one" in highest.reason
+    (plugin / "pyproject.toml").write_text('[project]\nname = "p"\nrequires-python = ">=3.14"\n')
+    uv_provides = await choose_python(
+        InterpreterFinder(uv_bin=None), {"meta": {"runner": {"version": "3.12"}}}, plugin, downloads="automatic"
+    )
+    assert uv_provides.interpreter is None and uv_provides.python_argument == ">=3.14"
+    assert "UV_PYTHON_DOWNLOADS=automatic" in uv_provides.reason
+
+
+@pytest.mark.slow
+async def test_a_manifest_python_the_plugin_refuses_is_replaced_by_a_compatible_one(
+    specs: Callable[[str], PluginSpec], tmp_path: Path
+) -> None:
+    """Like models/nomic: meta.runner.version 3.10, requires-python >=3.12 (uv would refuse 3.10)."""
+    compatible = [interpreter for interpreter in await _every_python() if interpreter.sort_key >= Version("3.12")]
+    if not compatible:
+        pytest.skip("no Python 3.12 or later on this machine")
+    spec = specs("runner_mismatch")
+    settings = make_settings(tmp_path)
+    async with LocalRuntime(settings) as runtime:
+        await runtime.ensure_ready(spec, timeout=BUILD_TIMEOUT)
+        assert texts(await invoke(runtime, spec, "echo", {"text": "built on a compatible Python"})) == [
+            "built on a compatible Python"
+        ]
+    marker = read_marker(PluginLayout.for_identifier(settings.working_path, spec.identifier))
+    assert marker is not None and Version(marker["python"]) >= Version("3.12")
+    if any(interpreter.short_version == "3.12" for interpreter in compatible):
+        assert marker["python"].startswith("3.12.")
+    assert (
+        "meta.runner.version 3.10 does not satisfy requires-python >=3.12 (pyproject.toml)" in marker["python_reason"]
+    )
+
+
+@pytest.mark.slow
+async def test_no_compatible_python_is_an_install_error_naming_both_sides(
+    specs: Callable[[str], PluginSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    older = [interpreter for interpreter in await _every_python() if interpreter.sort_key < Version("3.12")][:1]
+    spec = specs("runner_mismatch")
+    settings = make_settings(tmp_path, PLUGIN_WORKING_PATH=tmp_path / "cwd")
+    _only_these_pythons(monkeypatch, tmp_path / "home", older)
+    async with LocalRuntime(settings) as runtime:
+        with pytest.raises(PluginUnavailable) as caught, anyio.fail_after(60):
+            await runtime.ensure_ready(spec, timeout=60)
+    message = caught.value.message
+    assert caught.value.reason == "failed"
+    assert "no Python on this machine satisfies the plugin's requires-python >=3.12 (pyproject.toml)" in message
+    assert "its manifest asks for 3.10" in message
+    found = f"interpreters found: {older[0].version} (" if older else "interpreters found: none"
+    assert found in message and "UV_PYTHON_DOWNLOADS=automatic" in message
+    assert not PluginLayout.for_identifier(settings.working_path, spec.identifier).venv.exists()

@@ -203,6 +203,23 @@ def test_install_of_a_plugin_that_cannot_start_fails_with_its_reason(server: Dae
     assert identifier not in [entry["plugin_unique_identifier"] for entry in installed["list"]]
 
 
+def test_install_of_a_plugin_that_prints_its_traceback_on_stdout_shows_it(server: DaemonServer) -> None:
+    identifier = envelope(upload(server.client, build_package(PLUGINS / "stdout_traceback"), TENANT))[
+        "unique_identifier"
+    ]
+    started = envelope(
+        server.client.post(
+            f"/plugin/{TENANT}/management/install/identifiers",
+            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+        )
+    )
+    task = wait_task(server.client, started["task_id"], TENANT, timeout=INSTALL_DEADLINE)
+    assert task["status"] == "failed"
+    message = task["plugins"][0]["message"]
+    assert "Traceback (most recent call last):" in message
+    assert "ModuleNotFoundError: No module named 'provider.sagemaker_helpers'" in message
+
+
 def test_sdk_0_10_on_python_3_12_with_a_uv_lock(server: DaemonServer) -> None:
     install(server, "echo_tool_new")
     target = Target(server.client, TENANT)

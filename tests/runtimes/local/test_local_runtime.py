@@ -281,6 +281,42 @@ async def test_plugin_environment_has_no_daemon_secrets(
     assert extra <= {"PWD", "SHLVL", "_", "GEVENT_SUPPORT"}, extra
 
 
+async def test_extra_variables_reach_the_plugin(
+    prepared: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = prepared("echo_tool")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))  # passed whenever it is set
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "models"))
+    settings = make_settings(tmp_path, PLUGIN_EXTRA_ENV="HF_HOME PLUGIN_REGION=eu-west-1 NOT_SET_ANYWHERE")
+    async with LocalRuntime(settings) as runtime:
+        await runtime.ensure_ready(spec, timeout=60)
+        events = await invoke(runtime, spec, "env")
+    environ = next(e.data["message"]["json_object"]["environ"] for e in events if e.kind is EventKind.STREAM)
+    assert environ["HF_HOME"] == str(tmp_path / "models") and environ["PLUGIN_REGION"] == "eu-west-1"
+    assert environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path / "tiktoken")
+    assert "NOT_SET_ANYWHERE" not in environ
+
+
+async def test_a_traceback_on_stdout_is_in_the_launch_error_and_logged_once(
+    prepared: Prepared, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = prepared("stdout_traceback")
+    caplog.set_level(logging.WARNING, logger=f"plugin.{spec.plugin_id}")
+    async with LocalRuntime(make_settings(tmp_path)) as runtime:
+        with pytest.raises(PluginUnavailable) as caught, anyio.fail_after(60):
+            await runtime.ensure_ready(spec, timeout=60)
+    message = caught.value.message
+    assert "exited with code 1 before it was ready" in message
+    assert "stderr tail:\nSyntaxWarning: invalid escape sequence" in message
+    assert "stdout tail (lines that are not protocol frames):\nTraceback (most recent call last):" in message
+    assert "ModuleNotFoundError: No module named 'provider.sagemaker_helpers'" in message
+    stdout_records = [
+        r.getMessage() for r in caplog.records if "on stdout that are not protocol frames" in r.getMessage()
+    ]
+    assert len(stdout_records) == 1 and "ModuleNotFoundError" in stdout_records[0]
+    assert not any("unreadable output line" in r.getMessage() for r in caplog.records)
+
+
 async def test_python_312_plugin_gets_312(prepared: Prepared, tmp_path: Path) -> None:
     spec = prepared("echo_tool_new")  # meta.runner.version 3.12, pyproject.toml + uv.lock
     settings = make_settings(tmp_path)
