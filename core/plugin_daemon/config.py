@@ -137,6 +137,20 @@ class Settings(BaseSettings):
     PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS: int = 10
     PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW: float = 60.0
 
+    # --- input bounds: what one upload or one debugging connection may cost ---------------
+    #: dependencies one bundle may list (each carried package is decoded once however often listed)
+    MAX_BUNDLE_DEPENDENCIES: int = 256
+    #: largest YAML file of a package or bundle that is parsed (manifest, providers, tools, models)
+    MAX_PLUGIN_YAML_SIZE: int = 1 * MiB
+    #: debugging connections one address may have open before their handshake (the oldest goes first)
+    PLUGIN_REMOTE_INSTALLING_MAX_HANDSHAKES_PER_ADDRESS: int = 4
+    #: seconds a new debugging connection has to send its handshake line (its key)
+    PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_TIMEOUT: float = 3.0
+    #: longest handshake line (bytes) read before the key is accepted
+    PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_MAX_SIZE: int = 4096
+    #: bytes all registrations being read may hold together; past it a registration is refused as busy
+    PLUGIN_REMOTE_INSTALLING_MAX_REGISTERING_BYTES: int = 128 * MiB
+
     # --- serverless runtime ------------------------------------------------------------
     DIFY_PLUGIN_SERVERLESS_CONNECTOR_URL: str = ""
     DIFY_PLUGIN_SERVERLESS_CONNECTOR_API_KEY: str = ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -99,25 +99,27 @@ class PluginManager:
                 data,
                 max_size=self.settings.MAX_BUNDLE_PACKAGE_SIZE,
                 max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
+                max_dependencies=self.settings.MAX_BUNDLE_DEPENDENCIES,
+                max_yaml_size=self.settings.MAX_PLUGIN_YAML_SIZE,
             )
         except PackageError as exc:
             raise BadRequest(exc.message) from exc
-        decoded = {}
-        for number, dependency in enumerate(bundle.dependencies):
-            if dependency.package is not None:
-                try:
-                    decoded[number] = self._decode(dependency.package, verify_signature=verify_signature)
-                except BadRequest as exc:
-                    raise BadRequest(f"bundle package {dependency.value['path']!r}: {exc.message}") from exc
+        decoded: dict[str, DecodedPackage] = {}  # path -> package, decoded once however often it is listed
+        for path, carried in bundle.packages.items():
+            try:
+                # its files are not needed any more: only what is kept stays in memory
+                decoded[path] = replace(self._decode(carried, verify_signature=verify_signature), files={})
+            except BadRequest as exc:
+                raise BadRequest(f"bundle package {path!r}: {exc.message}") from exc
+        for path, package in decoded.items():
+            self._keep(package, bundle.packages[path])
         result = []
-        for number, dependency in enumerate(bundle.dependencies):
-            package = decoded.get(number)
-            if package is None:
+        for dependency in bundle.dependencies:
+            if dependency.type != "package":
                 result.append({"type": dependency.type, "value": dependency.value})
                 continue
-            assert dependency.package is not None
-            self._keep(package, dependency.package)
-            value = {"unique_identifier": str(package.identifier), "manifest": package.declaration}
+            kept = decoded[dependency.value["path"]]
+            value = {"unique_identifier": str(kept.identifier), "manifest": kept.declaration}
             result.append({"type": "package", "value": value})
         return result
 
@@ -134,6 +136,7 @@ class PluginManager:
                 max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
                 public_keys=self.public_keys(),
                 require_signature=verify_signature or self.settings.FORCE_VERIFYING_SIGNATURE,
+                max_yaml_size=self.settings.MAX_PLUGIN_YAML_SIZE,
             )
         except PackageError as exc:
             raise BadRequest(exc.message) from exc

@@ -7,7 +7,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from .errors import PackageError
@@ -30,8 +30,20 @@ class Archive:
     comment: bytes
 
 
-def read_archive(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: int = DEFAULT_MAX_ENTRIES) -> Archive:
-    """Read every entry of ``data``, or raise PackageError on the first thing that is unsafe or broken."""
+def read_archive(
+    data: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    wanted: Callable[[str], bool] | None = None,
+    max_file_size: int | None = None,
+) -> Archive:
+    """Read every entry of ``data``, or raise PackageError on the first thing that is unsafe or broken.
+
+    Every entry's name, kind and declared size is checked; with ``wanted``, only the regular files
+    it accepts are read (the others are never decompressed, so they cost nothing); with
+    ``max_file_size``, a file read may hold at most that many bytes.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PackageError(f"package data must be bytes, got {type(data).__name__}")
     if len(data) > max_size:
@@ -50,17 +62,23 @@ def read_archive(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: 
         declared = sum(info.file_size for info in infos)
         if declared > max_size:
             raise PackageError(f"package would unpack to {declared} bytes, over the limit of {max_size} bytes")
+        paths: set[str] = set()
+        for name in names:
+            if name in paths:
+                raise PackageError(f"zip entry {name!r} appears more than once")
+            if not name.endswith("/"):
+                paths.add(name)
+        _check_no_file_is_a_folder(paths)
         files: dict[str, bytes] = {}
         budget = max_size
         for info, name in zip(infos, names, strict=True):
-            if name.endswith("/"):
+            if name.endswith("/") or (wanted is not None and not wanted(name)):
                 continue
-            if name in files:
-                raise PackageError(f"zip entry {name!r} appears more than once")
+            if max_file_size is not None and info.file_size > max_file_size:
+                raise PackageError(f"{name} is {info.file_size} bytes, more than the limit of {max_file_size} bytes")
             content = _read_entry(archive, info, name, budget, max_size)
             budget -= len(content)
             files[name] = content
-        _check_no_file_is_a_folder(files)
         return Archive(files=files, comment=archive.comment)
 
 
@@ -84,7 +102,7 @@ def read_entries(data: bytes, wanted: Callable[[str], bool], *, max_size: int = 
         return files
 
 
-def _check_no_file_is_a_folder(files: dict[str, bytes]) -> None:
+def _check_no_file_is_a_folder(files: Collection[str]) -> None:
     folders = {path.rsplit("/", 1)[0] for path in files if "/" in path}
     for folder in list(folders):
         while "/" in folder:

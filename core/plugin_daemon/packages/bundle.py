@@ -19,6 +19,7 @@ from typing import Any
 from .archive import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE, read_archive
 from .assets import ASSETS_FOLDER
 from .errors import PackageError
+from .yaml_loader import MAX_SIZE as MAX_YAML_SIZE
 from .yaml_loader import load_yaml, scalar_text
 
 _VERSION = r"\d{1,4}(?:\.\d{1,4}){2}(?:-\w{1,16})?"
@@ -30,30 +31,45 @@ MARKETPLACE_PATTERN = re.compile(rf"{_PLUGIN}:({_VERSION_PATTERN})", re.ASCII)
 GITHUB_ADDRESS = "https://github.com"
 
 
+#: Dependencies one bundle may list at most (``MAX_BUNDLE_DEPENDENCIES``).
+DEFAULT_MAX_DEPENDENCIES = 256
+
+
 @dataclass(frozen=True)
 class BundleDependency:
     type: str  # "github", "marketplace" or "package"
     value: dict[str, str]  # what Dify is told of a github or marketplace dependency; {"path": ...} for a package
-    package: bytes | None = None  # the .difypkg a package dependency carries
 
 
 @dataclass(frozen=True)
 class DecodedBundle:
     manifest: dict[str, Any]
     dependencies: list[BundleDependency]
+    #: path under _assets/ -> the .difypkg it carries, once each however often it is listed
+    packages: dict[str, bytes]
 
 
 def decode_bundle(
-    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_entries: int = DEFAULT_MAX_ENTRIES
+    data: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_dependencies: int = DEFAULT_MAX_DEPENDENCIES,
+    max_yaml_size: int = MAX_YAML_SIZE,
 ) -> DecodedBundle:
-    """Check and read a .difybundle; raise PackageError saying what is wrong."""
+    """Check and read a .difybundle; raise PackageError saying what is wrong.
+
+    Only manifest.yaml and the packages it lists are decompressed, each once.
+    """
     try:
-        files = read_archive(data, max_size=max_size, max_entries=max_entries).files
+        files = read_archive(
+            data, max_size=max_size, max_entries=max_entries, wanted=_is_manifest, max_file_size=max_yaml_size
+        ).files
     except PackageError as exc:
         raise PackageError(f"bundle: {exc.message}") from None
     if "manifest.yaml" not in files:
         raise PackageError("bundle: manifest.yaml is missing from the root of the bundle")
-    manifest = load_yaml(files["manifest.yaml"], "bundle manifest.yaml")
+    manifest = load_yaml(files["manifest.yaml"], "bundle manifest.yaml", max_size=max_yaml_size)
     if not isinstance(manifest, dict):
         raise PackageError("bundle manifest.yaml: must be a mapping")
     if scalar_text(manifest.get("type")) != "bundle":
@@ -61,11 +77,32 @@ def decode_bundle(
     listed = manifest.get("dependencies")
     if not isinstance(listed, list):
         raise PackageError("bundle manifest.yaml: dependencies must be a list")
-    dependencies = [_dependency(number, item, files) for number, item in enumerate(listed, 1)]
-    return DecodedBundle(manifest=manifest, dependencies=dependencies)
+    if len(listed) > max_dependencies:
+        raise PackageError(
+            f"bundle manifest.yaml: {len(listed)} dependencies, more than the limit of {max_dependencies} "
+            "(MAX_BUNDLE_DEPENDENCIES)"
+        )
+    dependencies = [_dependency(number, item) for number, item in enumerate(listed, 1)]
+    carried = {ASSETS_FOLDER + dependency.value["path"] for dependency in dependencies if dependency.type == "package"}
+    try:
+        files = read_archive(data, max_size=max_size, max_entries=max_entries, wanted=carried.__contains__).files
+    except PackageError as exc:
+        raise PackageError(f"bundle: {exc.message}") from None
+    for number, dependency in enumerate(dependencies, 1):
+        if dependency.type == "package" and ASSETS_FOLDER + dependency.value["path"] not in files:
+            raise PackageError(
+                f"bundle manifest.yaml: dependency {number}: package {dependency.value['path']!r} is not in the "
+                f"bundle's {ASSETS_FOLDER} folder"
+            )
+    packages = {name.removeprefix(ASSETS_FOLDER): content for name, content in files.items()}
+    return DecodedBundle(manifest=manifest, dependencies=dependencies, packages=packages)
 
 
-def _dependency(number: int, item: Any, files: dict[str, bytes]) -> BundleDependency:
+def _is_manifest(name: str) -> bool:
+    return name == "manifest.yaml"
+
+
+def _dependency(number: int, item: Any) -> BundleDependency:
     where = f"bundle manifest.yaml: dependency {number}"
     if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
         raise PackageError(f"{where}: must be a mapping with 'type' and a 'value' mapping")
@@ -91,11 +128,7 @@ def _dependency(number: int, item: Any, files: dict[str, bytes]) -> BundleDepend
         organization, plugin, version = match.groups()
         return BundleDependency("marketplace", {"organization": organization, "plugin": plugin, "version": version})
     if kind == "package":
-        path = _text(value, "path", where)
-        package = files.get(ASSETS_FOLDER + path)
-        if package is None:
-            raise PackageError(f"{where}: package {path!r} is not in the bundle's {ASSETS_FOLDER} folder")
-        return BundleDependency("package", {"path": path}, package)
+        return BundleDependency("package", {"path": _text(value, "path", where)})
     raise PackageError(f"{where}: type must be github, marketplace or package, not {kind!r}")
 
 

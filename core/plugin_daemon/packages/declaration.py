@@ -10,7 +10,8 @@ from typing import Any
 from . import providers
 from .errors import PackageError
 from .manifest import MANIFEST, PROVIDER_LISTS, Manifest, parse_manifest
-from .yaml_loader import YamlFloat, YamlInt, load_yaml
+from .yaml_loader import MAX_SIZE as MAX_YAML_SIZE
+from .yaml_loader import YamlFloat, YamlInt
 
 # manifest `plugins` list -> declaration key, and how each provider file is expanded.
 _PROVIDERS: dict[str, tuple[str, Callable[[providers.PackageFiles, str], dict[str, Any]]]] = {
@@ -42,13 +43,13 @@ def plugin_category(declaration: Mapping[str, Any]) -> str:
     return "extension"
 
 
-def build_declaration(files: Mapping[str, bytes]) -> dict[str, Any]:
+def build_declaration(files: Mapping[str, bytes], *, max_yaml_size: int = MAX_YAML_SIZE) -> dict[str, Any]:
     """Read, validate and expand manifest.yaml; ``verified`` is left False for the caller to set."""
     if MANIFEST not in files:
         raise PackageError(f"package has no {MANIFEST} at its root")
-    manifest = parse_manifest(load_yaml(files[MANIFEST], MANIFEST))
+    package_files = providers.PackageFiles(files, max_yaml_size=max_yaml_size)
+    manifest = parse_manifest(package_files.parse(MANIFEST))
     _check_combination(manifest)
-    package_files = providers.PackageFiles(files)
     expanded: dict[str, dict[str, Any] | None] = {}
     for plural, (singular, expand) in _PROVIDERS.items():
         expanded[singular] = None

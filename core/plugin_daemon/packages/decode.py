@@ -13,6 +13,7 @@ from .declaration import build_declaration
 from .errors import PackageError
 from .identity import PluginIdentifier
 from .signature import check_signature, load_public_keys, verification_record
+from .yaml_loader import MAX_SIZE as MAX_YAML_SIZE
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ def decode_package(
     max_entries: int = DEFAULT_MAX_ENTRIES,
     public_keys: Sequence[bytes] = (),
     require_signature: bool = False,
+    max_yaml_size: int = MAX_YAML_SIZE,
 ) -> DecodedPackage:
     """Check, verify and read a .difypkg; raise PackageError saying what is wrong."""
     keys = load_public_keys(public_keys)
@@ -44,7 +46,7 @@ def decode_package(
         )
     verification = verification_record(archive.files) if signature.verified else None
     checksum = package_checksum(archive.files)
-    declaration = build_declaration(archive.files)
+    declaration = build_declaration(archive.files, max_yaml_size=max_yaml_size)
     declaration["verified"] = signature.verified
     identifier = PluginIdentifier.parse(
         f"{declaration['author']}/{declaration['name']}:{declaration['version']}@{checksum}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import PackageError
 from .manifest import relative_path
+from .yaml_loader import MAX_SIZE as MAX_YAML_SIZE
 from .yaml_loader import load_yaml, scalar_text
 
 Normalizer = Callable[[dict[str, Any], str], dict[str, Any]]
@@ -83,11 +84,33 @@ PARAMETER_TEMPLATES: dict[str, dict[str, Any]] = {
 }
 
 
-class PackageFiles:
-    """Reads YAML files of the package by the paths other YAML files give."""
+#: A package's YAML parsed in all (each file counted as often as it is read), in files of the largest size.
+YAML_BUDGET_FILES = 8
 
-    def __init__(self, files: Mapping[str, bytes]) -> None:
+
+class PackageFiles:
+    """Reads YAML files of the package by the paths other YAML files give.
+
+    Each file may be ``max_yaml_size`` bytes, and all that is parsed together (a file named
+    twice counts twice) ``YAML_BUDGET_FILES`` times that: parsing costs CPU, and a package that
+    names one file thousands of times must not cost thousands of parses.
+    """
+
+    def __init__(self, files: Mapping[str, bytes], *, max_yaml_size: int = MAX_YAML_SIZE) -> None:
         self.files = files
+        self.max_yaml_size = max_yaml_size
+        self.yaml_budget = max_yaml_size * YAML_BUDGET_FILES
+
+    def parse(self, path: str) -> Any:
+        """The YAML file at ``path`` (which must be in the package), counted against the budget."""
+        content = self.files[path]
+        self.yaml_budget -= len(content)
+        if self.yaml_budget < 0:
+            raise PackageError(
+                f"{path}: the package's YAML files come to more than {YAML_BUDGET_FILES} times "
+                f"MAX_PLUGIN_YAML_SIZE ({self.max_yaml_size} bytes) in all"
+            )
+        return load_yaml(content, path, max_size=self.max_yaml_size)
 
     def mapping(self, path: Any, referrer: str, field: str) -> tuple[str, dict[str, Any]]:
         """Load the YAML at ``path`` (named in ``referrer``'s ``field``); it must be a mapping."""
@@ -103,7 +126,7 @@ class PackageFiles:
     def load(self, path: str, referrer: str, field: str) -> Any:
         if path not in self.files:
             raise PackageError(f"{referrer}: field '{field}' refers to '{path}', which is not in the package")
-        return load_yaml(self.files[path], path)
+        return self.parse(path)
 
 
 def tool_provider(files: PackageFiles, path: str) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from .errors import PackageError
 
 MAX_NODES = 250_000
 MAX_DEPTH = 200
+#: Largest file parsed (``MAX_PLUGIN_YAML_SIZE``).
+MAX_SIZE = 1024 * 1024
 
 
 class YamlInt(int):
@@ -34,7 +36,11 @@ class YamlFloat(float):
     source: str
 
 
-class _Loader(yaml.SafeLoader):
+#: libyaml's parser (C) where PyYAML was built with it; the pure-Python one otherwise.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
     pass
 
 
@@ -94,8 +100,17 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
-def load_yaml(content: bytes, filename: str) -> Any:
-    """Parse one YAML document into plain JSON-able values; errors name ``filename``."""
+def load_yaml(content: bytes, filename: str, *, max_size: int = MAX_SIZE) -> Any:
+    """Parse one YAML document into plain JSON-able values; errors name ``filename``.
+
+    A file over ``max_size`` bytes is refused before it is parsed. libyaml stops nesting at 1,000
+    levels, the pure-Python parser at the interpreter's recursion limit, and the result may nest
+    ``MAX_DEPTH`` levels.
+    """
+    if len(content) > max_size:
+        raise PackageError(
+            f"{filename}: {len(content)} bytes of YAML, more than the limit of {max_size} bytes (MAX_PLUGIN_YAML_SIZE)"
+        )
     try:
         raw = yaml.load(content, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
@@ -105,6 +120,8 @@ def load_yaml(content: bytes, filename: str) -> Any:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise PackageError(f"{filename}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise PackageError(f"{filename}: the YAML nests more than {MAX_DEPTH} levels deep") from None
     return _plain(raw, filename, [0], 0)
 
 
