@@ -100,34 +100,28 @@ def test_serve_on_embedded_defaults_keeps_state_in_one_folder_and_a_generated_ke
     assert key not in output  # printed once only
 
 
+def refused_serve(tmp_path: Path, **environ: str) -> str:
+    """Run ``serve`` with these settings, expecting it to refuse to start; its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=dict(os.environ, **environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
 def test_serve_refuses_a_public_default_key(tmp_path: Path) -> None:
     from plugin_daemon.config import PUBLIC_DEFAULT_KEYS
 
-    environ = dict(os.environ, SERVER_KEY=sorted(PUBLIC_DEFAULT_KEYS)[0])
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(free_port())],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "publicly known" in result.stdout + result.stderr
+    assert "publicly known" in refused_serve(tmp_path, SERVER_KEY=sorted(PUBLIC_DEFAULT_KEYS)[0])
 
 
 def test_serve_refuses_to_pass_a_secret_to_plugins(tmp_path: Path) -> None:
-    environ = dict(os.environ, SERVER_KEY="a-key-nobody-knows", PLUGIN_EXTRA_ENV="HF_HOME DIFY_INNER_API_KEY")
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(free_port())],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = refused_serve(tmp_path, SERVER_KEY="a-key-nobody-knows", PLUGIN_EXTRA_ENV="HF_HOME DIFY_INNER_API_KEY")
     assert "PLUGIN_EXTRA_ENV: DIFY_INNER_API_KEY is one of the daemon's secrets" in output
     assert "Traceback" not in output
 

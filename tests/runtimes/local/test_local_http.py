@@ -40,7 +40,8 @@ INSTALL_DEADLINE = 600.0
 SECRET_ENV = {"SERVER_KEY": TEST_KEY, "DB_PASSWORD": "db-secret", "DIFY_INNER_API_KEY": "inner-key"}
 
 
-def install(server: DaemonServer, plugin: str, tenant: str = TENANT) -> str:
+def install_task(server: DaemonServer, plugin: str, tenant: str = TENANT) -> tuple[str, dict[str, Any]]:
+    """Upload ``tests/plugins/<plugin>`` and install it: its identifier and its finished install task."""
     identifier = envelope(upload(server.client, build_package(PLUGINS / plugin), tenant))["unique_identifier"]
     started = envelope(
         server.client.post(
@@ -48,7 +49,11 @@ def install(server: DaemonServer, plugin: str, tenant: str = TENANT) -> str:
             json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
         )
     )
-    task = wait_task(server.client, started["task_id"], tenant, timeout=INSTALL_DEADLINE)
+    return identifier, wait_task(server.client, started["task_id"], tenant, timeout=INSTALL_DEADLINE)
+
+
+def install(server: DaemonServer, plugin: str, tenant: str = TENANT) -> str:
+    identifier, task = install_task(server, plugin, tenant)
     assert task["status"] == "success", task
     return identifier
 
@@ -189,14 +194,7 @@ def test_stream_llm_from_a_model_plugin_chunk_by_chunk(server: DaemonServer) -> 
 
 
 def test_install_of_a_plugin_that_cannot_start_fails_with_its_reason(server: DaemonServer) -> None:
-    identifier = envelope(upload(server.client, build_package(PLUGINS / "broken_start"), TENANT))["unique_identifier"]
-    started = envelope(
-        server.client.post(
-            f"/plugin/{TENANT}/management/install/identifiers",
-            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
-        )
-    )
-    task = wait_task(server.client, started["task_id"], TENANT, timeout=INSTALL_DEADLINE)
+    identifier, task = install_task(server, "broken_start")
     assert task["status"] == "failed"
     assert "cannot start: missing config" in task["plugins"][0]["message"]
     installed = envelope(server.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 50}))
@@ -204,16 +202,7 @@ def test_install_of_a_plugin_that_cannot_start_fails_with_its_reason(server: Dae
 
 
 def test_install_of_a_plugin_that_prints_its_traceback_on_stdout_shows_it(server: DaemonServer) -> None:
-    identifier = envelope(upload(server.client, build_package(PLUGINS / "stdout_traceback"), TENANT))[
-        "unique_identifier"
-    ]
-    started = envelope(
-        server.client.post(
-            f"/plugin/{TENANT}/management/install/identifiers",
-            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
-        )
-    )
-    task = wait_task(server.client, started["task_id"], TENANT, timeout=INSTALL_DEADLINE)
+    _, task = install_task(server, "stdout_traceback")
     assert task["status"] == "failed"
     message = task["plugins"][0]["message"]
     assert "Traceback (most recent call last):" in message
