@@ -35,6 +35,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "PLUGIN_DAEMON_HOME": tmp_path / "home",
             "SERVER_KEY": TEST_KEY,
             "DIFY_INNER_API_KEY": "inner-key",
+            "PLUGIN_REMOTE_INSTALLING_PORT": 0,  # a free port: a taken one stops the start
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

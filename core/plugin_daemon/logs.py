@@ -84,6 +84,19 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class RuntimeStartFailure(logging.Filter):
+    """A runtime that cannot start (:class:`~plugin_daemon.runtime.RuntimeStartError`) reaches the
+    log as the traceback text the ASGI lifespan reports; keep only its message, which says what to do."""
+
+    MARKER = "RuntimeStartError: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "Traceback" in record.msg and self.MARKER in record.msg:
+            record.msg = record.msg.rpartition(self.MARKER)[2].partition("\n")[0].strip()
+            record.args = ()
+        return True
+
+
 def _open_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -98,6 +111,7 @@ def configure_logging(level: str, output_format: str = "text", log_file: Path | 
         handlers.append(_open_log_file(log_file))
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(RuntimeStartFailure())
     logging.basicConfig(level=_LEVELS.get(level.upper(), level.upper()), handlers=handlers, force=True)
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own handlers would print in its own format
         logging.getLogger(name).handlers.clear()

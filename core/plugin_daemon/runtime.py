@@ -149,8 +149,18 @@ class Runtime(ABC):
         """A JSON-able summary for the health route and operators."""
         return {}
 
+    def problems(self) -> list[str]:
+        """What is broken right now, one short line each, naming no plugin or tenant (the health
+        route shows them without a key). Empty when all is well."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Stop everything this runtime started (daemon shutdown)."""
+
+
+class RuntimeStartError(Exception):
+    """Raised by :meth:`Runtime.serve` when the runtime cannot start (a port taken...): the daemon
+    does not start, and the message, which says what to change, is shown alone."""
 
 
 #: Builds a runtime for a daemon; what extensions register.

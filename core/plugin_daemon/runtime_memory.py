@@ -93,6 +93,10 @@ class MemoryRuntime(Runtime):
     def health(self) -> dict[str, Any]:
         return {identifier: state.value for identifier, state in self.states.items()}
 
+    def problems(self) -> list[str]:
+        failed = sum(1 for state in self.states.values() if state is InstanceState.FAILED)
+        return [f"{failed} memory plugin(s) failed for good"] if failed else []
+
 
 async def _nothing() -> AsyncIterator[Any]:
     return

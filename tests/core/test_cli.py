@@ -45,6 +45,7 @@ def test_plugins_lists_the_loaded_extensions() -> None:
 
 def serve(cwd: Path, port: int) -> subprocess.Popen[str]:
     environ = {key: value for key, value in os.environ.items() if not key.startswith(("SERVER_", "DB_", "PLUGIN_"))}
+    environ["PLUGIN_REMOTE_INSTALLING_PORT"] = "0"  # a free port: a taken one stops the start
     return subprocess.Popen(
         [sys.executable, "-m", "plugin_daemon.cli", "serve", "--port", str(port)],
         cwd=cwd,

@@ -240,6 +240,8 @@ def test_auth_health_and_unknown_routes(make_settings) -> None:
         anonymous = httpx.get(server.url + "/health/check")
         assert anonymous.status_code == 200
         assert anonymous.json()["status"] == "ok"
+        assert "runtimes" not in anonymous.json()  # plugin ids, pids, stderr: only with the key
+        assert "memory" in server.client.get("/health/check").json()["runtimes"]
 
         wrong = httpx.get(server.url + f"/plugin/{TENANT}/management/list", headers={"X-Api-Key": "nope"})
         assert wrong.status_code == 401
@@ -370,6 +372,8 @@ def test_install_reports_failure_truthfully(make_settings, echo_package) -> None
         assert (
             envelope(client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}))["total"] == 0
         )
+        health = httpx.get(server.url + "/health/check").json()  # no key: what is broken, not which plugin
+        assert (health["status"], health["problems"]) == ("degraded", ["1 memory plugin(s) failed for good"])
 
 
 def test_runtime_comes_from_entry_points_and_can_be_blocked(make_settings, echo_package) -> None:

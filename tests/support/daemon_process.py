@@ -57,6 +57,7 @@ class DaemonProcess:
             "PLATFORM": "local",
             "LOG_LEVEL": "WARNING",
             "PLUGIN_READY_TIMEOUT": "60",
+            "PLUGIN_REMOTE_INSTALLING_PORT": "0",  # a free port: a taken one stops the start
             **self.extra_env,
         }
         env.pop("VIRTUAL_ENV", None)
@@ -127,8 +128,8 @@ class DaemonProcess:
             process.wait(10)
 
     async def health(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
-            return dict((await client.get("/health/check")).json())
+        async with httpx.AsyncClient(base_url=self.url, timeout=10, headers={"X-Api-Key": KEY}) as client:
+            return dict((await client.get("/health/check")).json())  # with the key: the runtimes' details
 
     async def plugin_pids(self) -> dict[str, int]:
         """identifier -> pid of each running local plugin process."""

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from plugin_daemon.quickack import QuickAckReceiveStream
+from plugin_daemon.runtime import RuntimeStartError
 
 from .connection import DebugConnection
 from .declaration import build_plugin
@@ -45,21 +46,17 @@ class DebugListener:
         self.address: tuple[str, int] | None = None
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
-        """Listen until cancelled. A bind failure is logged and leaves the daemon running."""
+        """Listen until cancelled. A port that cannot be bound stops the daemon's start."""
         host = self.settings.PLUGIN_REMOTE_INSTALLING_HOST
         port = self.settings.PLUGIN_REMOTE_INSTALLING_PORT
         try:
             multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
         except OSError as exc:
-            self.runtime.listen_error = f"cannot listen on {host}:{port}: {exc}"
-            log.error(
-                "debugging plugins cannot connect: %s (set PLUGIN_REMOTE_INSTALLING_PORT, or "
-                "PLUGIN_REMOTE_INSTALLING_ENABLED=false)",
-                self.runtime.listen_error,
-            )
-            task_status.started()
-            await anyio.sleep_forever()
-            return
+            self.runtime.listen_error = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            raise RuntimeStartError(
+                f"the debug listener {self.runtime.listen_error}; set PLUGIN_REMOTE_INSTALLING_PORT to a free "
+                "port, or PLUGIN_REMOTE_INSTALLING_ENABLED=false"
+            ) from None
         async with multi, anyio.create_task_group() as group:
             first = multi.listeners[0].extra(SocketAttribute.local_address)
             self.address = (str(first[0]), int(first[1]))

@@ -272,6 +272,11 @@ class DebugRuntime(Runtime):
             if connection.registered_in is not None
         ]
 
+    def problems(self) -> list[str]:
+        if self.settings.PLUGIN_REMOTE_INSTALLING_ENABLED and self.address is None:
+            return ["the debug listener is not listening (PLUGIN_REMOTE_INSTALLING_PORT)"]
+        return []
+
     def health(self) -> dict[str, Any]:
         address = self.address
         return {

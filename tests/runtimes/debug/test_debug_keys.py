@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from plugin_daemon.daemon import Daemon
 
@@ -18,7 +22,7 @@ from tests.runtimes.debug.debug_support import (
     registration_frames,
     wait_installed,
 )
-from tests.support.daemon_server import running_daemon
+from tests.support.daemon_server import free_port, running_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +66,43 @@ def test_the_listener_can_be_switched_off(tmp_path: Path) -> None:
         assert debugging_key(server.client)  # keys can still be issued
         health = server.client.get("/health/check").json()
         assert health["runtimes"]["remote"]["listening"] is None
+        assert health["status"] == "ok"  # switched off is not broken
 
 
-def test_a_busy_port_leaves_the_daemon_running(tmp_path: Path) -> None:
+def test_a_busy_port_stops_the_start_with_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with running_daemon(debug_settings(tmp_path, PLUGIN_REMOTE_INSTALLING_PORT=port)) as server:
-            health = server.client.get("/health/check").json()["runtimes"]["remote"]
-            assert health["listening"] is None
-            assert f"cannot listen on 127.0.0.1:{port}" in health["error"]
-            assert (
-                server.client.get("/plugin/t/management/list", params={"page": 1, "page_size": 1}).json()["code"] == 0
-            )
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("SERVER_", "PLUGIN_", "DB_", "LOG_"))}
+        environ |= {"SERVER_KEY": "a-private-key-0123456789", "SERVER_PORT": str(free_port())}
+        environ |= {"PLUGIN_REMOTE_INSTALLING_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "plugin_daemon.cli", "serve"],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"the debug listener cannot listen on 127.0.0.1:{port}: Address already in use" in output
+    assert "PLUGIN_REMOTE_INSTALLING_PORT" in output
+    assert "Traceback" not in output, output
+
+
+def test_health_details_need_the_key(tmp_path: Path) -> None:
+    with running_daemon(debug_settings(tmp_path)) as server:
+        anonymous = httpx.get(f"{server.url}/health/check").json()
+        assert anonymous == {
+            "status": "ok",
+            "version": anonymous["version"],
+            "platform": "remote",
+            "active_requests": 0,
+            "active_dispatch_requests": 0,
+        }
+        with_key = server.client.get("/health/check").json()["runtimes"]["remote"]
+        assert with_key["listening"] == f"127.0.0.1:{debug_port(server)}"
+        wrong_key = httpx.get(f"{server.url}/health/check", headers={"X-Api-Key": "nope"}).json()
+        assert "runtimes" not in wrong_key

@@ -25,6 +25,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "PLUGIN_DAEMON_HOME": home,
         "PLUGIN_WORKING_PATH": SHARED_WORK,
         "PLUGIN_READY_TIMEOUT": 60.0,
+        "PLUGIN_REMOTE_INSTALLING_PORT": 0,  # a free port: a taken one stops the start
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -111,6 +111,7 @@ async def test_crash_loop_ends_in_failed(prepared: Prepared, tmp_path: Path) -> 
         assert "exited with code 3" in caught.value.message
         health = runtime.health()["plugins"][spec.identifier]
         assert health["state"] == "failed" and health["pid"] is None
+        assert runtime.problems() == ["1 local plugin(s) failed for good (restarts exhausted or launch failed)"]
 
 
 @pytest.mark.anyio
