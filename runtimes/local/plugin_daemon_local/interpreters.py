@@ -100,10 +100,10 @@ class InterpreterFinder:
                 self._found[version] = found
             return found
 
-    async def every(self) -> list[Interpreter]:
-        """Every working Python outside a virtualenv, newest first (looked for once)."""
+    async def every(self, *, refresh: bool = False) -> list[Interpreter]:
+        """Every working Python outside a virtualenv, newest first (looked for once, or again on ``refresh``)."""
         async with self._lock:
-            if self._every is None:
+            if self._every is None or refresh:
                 self._every = await self._list_every()
             return self._every
 

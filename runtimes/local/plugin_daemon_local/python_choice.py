@@ -108,6 +108,9 @@ async def choose_python(
         return PythonChoice(await finder.find(wanted), wanted, "")
     found = await finder.every()
     compatible = [interpreter for interpreter in found if requirement.allows(interpreter.version)]
+    if not compatible:  # one may have been installed since the last look
+        found = await finder.every(refresh=True)
+        compatible = [interpreter for interpreter in found if requirement.allows(interpreter.version)]
     named = [interpreter for interpreter in compatible if interpreter.short_version == wanted]
     if named:
         return PythonChoice(named[0], wanted, f"meta.runner.version {wanted} satisfies {requirement}")

@@ -19,7 +19,7 @@ from plugin_daemon_local.commands import run_watched
 from plugin_daemon_local.environment import PluginLayout, find_uv, read_marker
 from plugin_daemon_local.envvars import extra_plugin_environment, plugin_environment, uv_environment
 from plugin_daemon_local.interpreters import Interpreter, InterpreterFinder, probe, requested_version
-from plugin_daemon_local.python_choice import PythonChoice, choose_python, read_requirement
+from plugin_daemon_local.python_choice import NoSuitablePython, PythonChoice, choose_python, read_requirement
 
 from tests.runtimes.local.local_runtime_support import BUILD_TIMEOUT, invoke, make_settings, texts
 
@@ -157,6 +157,10 @@ def test_uv_environment_keeps_index_configuration_only(tmp_path: Path) -> None:
     assert env["VIRTUAL_ENV"] == str(tmp_path / ".venv") and env["HOME"] == "/home/x"
     assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:3128"
     assert not {"SERVER_KEY", "DB_PASSWORD", "DIFY_INNER_API_KEY"} & set(env)
+    downloads = make_settings(tmp_path, UV_PYTHON_DOWNLOADS="automatic")
+    assert uv_environment(downloads, tmp_path / ".venv", tmp_path / "cache", source=source)["UV_PYTHON_DOWNLOADS"] == (
+        "automatic"
+    )
 
 
 def test_plugin_environment_is_an_allow_list(tmp_path: Path) -> None:
@@ -265,6 +269,23 @@ async def test_choice_prefers_the_manifest_then_312_then_the_highest(
     )
     assert uv_provides.interpreter is None and uv_provides.python_argument == ">=3.14"
     assert "UV_PYTHON_DOWNLOADS=automatic" in uv_provides.reason
+
+
+async def test_a_python_installed_after_a_refusal_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    by_minor = {interpreter.short_version: interpreter for interpreter in reversed(await _every_python())}
+    if not {"3.11", "3.12"} <= set(by_minor):
+        pytest.skip("needs Pythons 3.11 and 3.12 on this machine")
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "pyproject.toml").write_text('[project]\nname = "p"\nrequires-python = ">=3.12"\n')
+    _only_these_pythons(monkeypatch, tmp_path / "home", [by_minor["3.11"]])
+    finder = InterpreterFinder(uv_bin=None)
+    declaration = {"meta": {"runner": {"version": "3.12"}}}
+    with pytest.raises(NoSuitablePython, match=r"interpreters found: 3\.11\."):
+        await choose_python(finder, declaration, plugin, downloads="never")
+    (tmp_path / "home" / "bin" / "python3.12").symlink_to(by_minor["3.12"].path)  # the operator installs one
+    choice = await choose_python(finder, declaration, plugin, downloads="never")
+    assert choice.interpreter is not None and choice.interpreter.short_version == "3.12"
 
 
 @pytest.mark.slow
