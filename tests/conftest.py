@@ -15,11 +15,12 @@ from sqlalchemy import create_engine, text
 
 TEST_KEY = "test-server-key-0123456789"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MYSQL_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4"
 
 
-def postgres_available() -> bool:
+def server_available(url: str = POSTGRES_ADMIN_URL) -> bool:
     try:
-        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         engine.dispose()
@@ -46,7 +47,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database on the local server, dropped afterwards."""
-    if not postgres_available():
+    if not server_available(POSTGRES_ADMIN_URL):
         pytest.fail("PostgreSQL on 127.0.0.1:5432 is required for this test and is not reachable")
     name = f"plugin_daemon_test_{uuid.uuid4().hex[:12]}"
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
@@ -56,11 +57,30 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh database on the local MariaDB (root, no password), dropped afterwards."""
+    if not server_available(MYSQL_ADMIN_URL):
+        pytest.fail("MariaDB (or MySQL) on 127.0.0.1:3306 is required for this test and is not reachable")
+    name = f"plugin_daemon_test_{uuid.uuid4().hex[:12]}"
+    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
+    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
-    return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue({"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param])
 
 
 ECHO_TOOL_NEW = Path(__file__).parent / "plugins" / "echo_tool_new"

@@ -87,6 +87,7 @@ def serve(host: str | None, port: int | None) -> None:
     from plugin_daemon.go_settings import warnings_for
     from plugin_daemon.logs import configure_logging
     from plugin_daemon.shutdown import serve_until_stopped
+    from plugin_daemon.store.database import SchemaError
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_OUTPUT_FORMAT, settings.LOG_FILE)
@@ -98,7 +99,8 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         daemon = Daemon(settings)
-    except ValueError as exc:  # a setting a runtime refuses (PLUGIN_EXTRA_ENV naming a secret, say)
+    # a setting a runtime refuses (PLUGIN_EXTRA_ENV naming a secret, say), or a database this daemon cannot use
+    except (ValueError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     names = ", ".join(sorted(daemon.control_panel.runtimes)) or "none"
     log.info("plugin-daemon %s: storage root %s, runtimes: %s", __version__, settings.home, names)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
 
 #: Keys that were published in Dify's docker-compose files and examples. A daemon that
 #: accepts one of them accepts anybody who has read those files.
@@ -60,16 +61,27 @@ class Settings(BaseSettings):
     #: absolute = that folder (Go resolves a relative one against its working directory).
     PLUGIN_WORKING_PATH: Path = Path("cwd")
 
-    # --- database ----------------------------------------------------------------------
+    # --- database (the Go daemon's DB_* settings, read as it reads them) ----------------------
     #: A full SQLAlchemy URL wins over the DB_* parts. Empty + DB_TYPE unset = SQLite in the home folder.
     DATABASE_URL: str = ""
-    DB_TYPE: Literal["", "sqlite", "postgresql", "pgbouncer"] = ""
+    DB_TYPE: Literal["", "sqlite", "postgresql", "pgbouncer", "mysql"] = ""
     DB_HOST: str = "127.0.0.1"
-    DB_PORT: int = 5432
+    #: unset: 5432 for PostgreSQL, 3306 for MySQL
+    DB_PORT: int | None = None
     DB_USERNAME: str = "postgres"
     DB_PASSWORD: str = ""
     DB_DATABASE: str = "dify_plugin"
+    #: the database connected to first, to create DB_DATABASE when it is missing (unset: postgres / mysql)
+    DB_DEFAULT_DATABASE: str = ""
     DB_SSL_MODE: Literal["disable", "require"] = "disable"
+    #: PostgreSQL client_encoding / MySQL charset (unset: the server's / utf8mb4)
+    DB_CHARSET: str = ""
+    #: PostgreSQL connection options, as Go passes them (e.g. "-c search_path=plugins")
+    DB_EXTRAS: str = ""
+    DB_MAX_OPEN_CONNS: int = 30
+    DB_MAX_IDLE_CONNS: int = 10
+    #: seconds a pooled connection is kept before it is replaced
+    DB_CONN_MAX_LIFETIME: int = 3600
 
     # --- plugins and packages ----------------------------------------------------------
     PLATFORM: str = "local"
@@ -266,12 +278,30 @@ class Settings(BaseSettings):
         if self.DATABASE_URL:
             return self.DATABASE_URL
         if self.DB_TYPE in ("postgresql", "pgbouncer"):
-            password = f":{self.DB_PASSWORD}" if self.DB_PASSWORD else ""
-            return (
-                f"postgresql+psycopg://{self.DB_USERNAME}{password}@{self.DB_HOST}:{self.DB_PORT}"
-                f"/{self.DB_DATABASE}?sslmode={self.DB_SSL_MODE}"
-            )
+            query: dict[str, str] = {"sslmode": self.DB_SSL_MODE}
+            if self.DB_CHARSET:
+                query["client_encoding"] = self.DB_CHARSET
+            if self.DB_EXTRAS:
+                query["options"] = self.DB_EXTRAS.removeprefix("options=")
+            return self._server_url("postgresql+psycopg", 5432, query)
+        if self.DB_TYPE == "mysql":
+            options = {"charset": self.DB_CHARSET or "utf8mb4"}
+            if self.DB_SSL_MODE == "require":
+                options["ssl_check_hostname"] = "true"
+            return self._server_url("mysql+pymysql", 3306, options)
         return f"sqlite:///{self.home / 'plugin_daemon.db'}"
+
+    def _server_url(self, driver: str, default_port: int, query: dict[str, str]) -> str:
+        url = URL.create(
+            driver,
+            username=self.DB_USERNAME,
+            password=self.DB_PASSWORD or None,
+            host=self.DB_HOST,
+            port=self.DB_PORT or default_port,
+            database=self.DB_DATABASE,
+            query=query,
+        )
+        return url.render_as_string(hide_password=False)
 
     @property
     def disabled_extensions(self) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from plugin_daemon.backwards import BackwardsInvoker
+from plugin_daemon.backwards.storage import place_value
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
 from plugin_daemon.endpoints import EndpointService
@@ -17,7 +19,7 @@ from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
 from plugin_daemon.sessions import SessionManager
 from plugin_daemon.shutdown import Shutdown
-from plugin_daemon.store.database import Database
+from plugin_daemon.store.database import Database, EngineOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -34,7 +36,17 @@ class Daemon:
         self.settings = settings
         settings.ensure_directories()
         self.extensions = extensions or load_extensions(settings.disabled_extensions)
-        self.database = Database(settings.database_url)
+        self.database = Database(
+            settings.database_url,
+            options=EngineOptions(
+                max_open=settings.DB_MAX_OPEN_CONNS,
+                max_idle=settings.DB_MAX_IDLE_CONNS,
+                max_lifetime=settings.DB_CONN_MAX_LIFETIME,
+                default_database=settings.DB_DEFAULT_DATABASE,
+                prepared_statements=settings.DB_TYPE != "pgbouncer",
+            ),
+            storage_writer=functools.partial(place_value, settings.persistence_path),
+        )
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager()
         #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)

@@ -31,6 +31,7 @@ from plugin_daemon.store.models import (
     InstallationRow,
     PluginDeclarationRow,
     PluginRow,
+    VerificationRow,
 )
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,9 @@ class PluginManager:
         row = self.declaration_row(identifier)
         if row is None:
             raise NotFound(f"plugin package {identifier} is not known; upload it first")
-        return self._decode_response(identifier, row.declaration, row.verification)
+        with self.db.transaction() as session:
+            verification = session.get(VerificationRow, identifier)
+        return self._decode_response(identifier, row.declaration, verification.verification if verification else None)
 
     def manifest(self, identifier: str) -> dict[str, Any]:
         try:
@@ -219,14 +222,12 @@ class PluginManager:
                     PluginDeclarationRow(
                         plugin_unique_identifier=identifier,
                         plugin_id=parsed.plugin_id,
-                        checksum=parsed.checksum,
                         declaration=declaration,
-                        verification=verification,
                     )
                 )
             else:
                 row.declaration = declaration
-                row.verification = verification
+            session.merge(VerificationRow(plugin_unique_identifier=identifier, verification=verification))
         self.forget_spec(identifier)
 
     # --- specs for runtimes -----------------------------------------------------------

@@ -24,7 +24,7 @@ from tests.support.daemon_server import running_daemon
 
 MOCK_LLM = Path(__file__).parents[1] / "plugins" / "mock_llm"
 M = f"/plugin/{TENANT}/management"
-OTHER = "tenant-2"
+OTHER = "0191f1a2-0000-7000-8000-00000000a002"
 
 
 def _plugin(tmp_path: Path, source: Path, folder: str, **manifest: Any) -> bytes:

@@ -23,7 +23,7 @@ from tests.support.daemon_server import running_daemon
 from tests.support.waiting import wait_for
 
 ECHO_TOOL = Path(__file__).parents[1] / "plugins" / "echo_tool"
-TENANT = "tenant-1"
+TENANT = "0191f1a2-0000-7000-8000-00000000a001"  # Dify tenant ids are UUIDs (uuid columns on PostgreSQL)
 TASK_DEADLINE = 30.0
 
 

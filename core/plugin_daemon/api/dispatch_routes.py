@@ -144,7 +144,9 @@ class DispatchEndpoint:
                 plugin_id = parse_identifier(identifier).plugin_id
                 runtime_type = daemon.control_panel.default_runtime_type()
             else:
-                tenant_id = check_tenant(scope["path_params"]["tenant_id"])
+                tenant_id = check_tenant(
+                    scope["path_params"]["tenant_id"], uuid_only=daemon.database.tenant_ids_are_uuids
+                )
                 plugin_id = _header(scope, b"x-plugin-id")
                 if not plugin_id:
                     raise BadRequest("plugin_id is required", http_status=400)

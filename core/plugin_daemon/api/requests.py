@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 
 from plugin_daemon.errors import BadRequest
+from plugin_daemon.store.types import is_uuid
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -58,10 +59,16 @@ def page(request: Request, *, max_size: int = 256) -> tuple[int, int]:
 
 
 def tenant(request: Request) -> str:
-    return check_tenant(request.path_params["tenant_id"])
+    return check_tenant(
+        request.path_params["tenant_id"], uuid_only=request.app.state.daemon.database.tenant_ids_are_uuids
+    )
 
 
-def check_tenant(tenant_id: str) -> str:
+def check_tenant(tenant_id: str, *, uuid_only: bool = False) -> str:
+    """Dify's tenant ids are UUIDs; where the database stores them as uuid (the Go daemon's schema on
+    PostgreSQL) nothing else can be taken."""
     if not tenant_id or len(tenant_id) > 64:
         raise BadRequest("tenant_id must be 1 to 64 characters")
+    if uuid_only and not is_uuid(tenant_id):
+        raise BadRequest(f"tenant_id {tenant_id!r} is not a UUID; this database stores tenant ids as uuid")
     return tenant_id

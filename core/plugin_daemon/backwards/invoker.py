@@ -58,7 +58,7 @@ class BackwardsInvoker:
     def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
         self.dify = DifyInnerAPI(settings)
-        self.storage = PluginStorage(database, settings.PERSISTENCE_STORAGE_MAX_SIZE)
+        self.storage = PluginStorage(database, settings.persistence_path, settings.PERSISTENCE_STORAGE_MAX_SIZE)
 
     async def aclose(self) -> None:
         await self.dify.aclose()

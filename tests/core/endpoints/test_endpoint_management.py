@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from plugin_daemon.store.database import SCHEMA_VERSION, Database
 from plugin_daemon.store.models import EndpointRow
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select
 
 from tests.core.endpoints.hooks import (
     INNER_KEY,
@@ -31,6 +30,7 @@ from tests.support.daemon_server import DaemonServer
 from tests.support.dify_inner_api import DifyInnerAPI
 
 SECRET = "s3cret-value"
+OTHER_TENANT = "0191f1a2-0000-7000-8000-00000000a002"
 
 
 def stored_settings(server: DaemonServer, endpoint_id: str) -> dict[str, Any]:
@@ -141,7 +141,9 @@ def test_refusals(make_settings, tmp_path: Path) -> None:  # type: ignore[no-unt
         assert api.calls("invoke/encrypt") == []  # nothing was encrypted for refused setups
 
         entity = one_endpoint(client, identifier, {"api_key": SECRET})
-        other_tenant = post(client, "disable", {"endpoint_id": entity["id"]}, tenant="tenant-2")
+        other_tenant = post(
+            client, "disable", {"endpoint_id": entity["id"]}, tenant="0191f1a2-0000-7000-8000-00000000a002"
+        )
         assert error_of(other_tenant)["error_type"] == "PluginDaemonNotFoundError"
         assert error_of(post(client, "enable", {"endpoint_id": "missing"}))["error_type"] == (
             "PluginDaemonNotFoundError"
@@ -181,19 +183,3 @@ def test_management_needs_the_api_key(make_settings, tmp_path: Path) -> None:  #
             response = anonymous.get(f"/plugin/{TENANT}/endpoint/list", params={"page": 1, "page_size": 10})
         assert response.status_code == 401
         assert json.loads(response.json()["message"])["error_type"] == "PluginDaemonUnauthorizedError"
-
-
-def test_migration_adds_the_endpoints_table(database_url) -> None:  # type: ignore[no-untyped-def]
-    database = Database(database_url)
-    with database.engine.begin() as connection:  # a database from before endpoints existed
-        connection.execute(text("DROP TABLE endpoints"))
-        connection.execute(text("UPDATE plugin_daemon_schema SET version = 1"))
-    database.dispose()
-
-    database = Database(database_url)
-    try:
-        assert "endpoints" in inspect(database.engine).get_table_names()
-        with database.engine.connect() as connection:
-            assert connection.execute(text("SELECT version FROM plugin_daemon_schema")).scalar() == SCHEMA_VERSION
-    finally:
-        database.dispose()
