@@ -37,6 +37,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "SERVER_KEY": TEST_KEY,
             "DIFY_INNER_API_KEY": "inner-key",
             "PLUGIN_REMOTE_INSTALLING_PORT": 0,  # a free port: a taken one stops the start
+            "FORCE_VERIFYING_SIGNATURE": False,  # the test plugins are unsigned; signature tests turn it on
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

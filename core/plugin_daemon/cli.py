@@ -13,6 +13,7 @@ from rich.table import Table
 from plugin_daemon import __version__
 from plugin_daemon.config import Settings, SettingsError, load_settings
 from plugin_daemon.plugins import load_extensions
+from plugin_daemon.signature_cli import signature
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("plugin_daemon")
@@ -99,7 +100,8 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         daemon = Daemon(settings)
-    # a setting a runtime refuses (PLUGIN_EXTRA_ENV naming a secret, say), or a database this daemon cannot use
+    # a setting refused (PLUGIN_EXTRA_ENV naming a secret, a third-party signature key unread),
+    # or a database this daemon cannot use
     except (ValueError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     names = ", ".join(sorted(daemon.control_panel.runtimes)) or "none"
@@ -211,6 +213,9 @@ def plugins() -> None:
     Console().print(table)
     runtimes = ", ".join(sorted(manager.runtime_factories())) or "none"
     Console().print(f"runtimes: {runtimes}")
+
+
+cli.add_command(signature)
 
 
 def main() -> None:

@@ -88,9 +88,6 @@ class Settings(BaseSettings):
     MAX_PLUGIN_PACKAGE_SIZE: int = 50 * MiB
     MAX_PLUGIN_PACKAGE_ENTRIES: int = 10_000
     MAX_BUNDLE_PACKAGE_SIZE: int = 12 * 50 * MiB
-    FORCE_VERIFYING_SIGNATURE: bool = False
-    THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED: bool = False
-    THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS: str = ""
     #: minutes, as in Go (internal/service/install_plugin.go); see install_timeout_seconds
     PLUGIN_INSTALL_TIMEOUT: int = 15
     PLUGIN_MAX_EXECUTION_TIMEOUT: int = 600
@@ -98,6 +95,16 @@ class Settings(BaseSettings):
     #: serve plugin endpoints (public webhooks) at /e/{hook_id}/...
     PLUGIN_ENDPOINT_ENABLED: bool = True
     DISABLED_EXTENSIONS: str = ""
+
+    # --- package signatures (Go's names, meanings and defaults; README "Package signatures") ---
+    #: refuse every package that no trusted key verifies (Dify's official key, plus third-party keys)
+    FORCE_VERIFYING_SIGNATURE: bool = True
+    #: refuse a package whose author is "langgenius" unless a key vouches for the langgenius category
+    ENFORCE_LANGGENIUS_PLUGIN_SIGNATURES: bool = True
+    #: also trust the public keys listed below (read at start)
+    THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED: bool = False
+    #: comma-separated paths of PEM RSA public key files
+    THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS: str = ""
 
     # --- local runtime -----------------------------------------------------------------
     PYTHON_INTERPRETER_PATH: str = ""

@@ -209,10 +209,6 @@ UNSUPPORTED: dict[str, Unsupported] = {
         ],
         _DB_TUNING,
     ),
-    "ENFORCE_LANGGENIUS_PLUGIN_SIGNATURES": Unsupported(
-        "not read yet: packages claiming the langgenius author are checked like any other",
-        harmless=_OFF | {"true", "1"},
-    ),
     **dict.fromkeys(
         ["LIFETIME_COLLECTION_HEARTBEAT_INTERVAL", "LIFETIME_COLLECTION_GC_INTERVAL", "LIFETIME_STATE_GC_INTERVAL"],
         _CLUSTER,

@@ -18,10 +18,18 @@ from sqlalchemy import delete, func, select
 from plugin_daemon.buckets import Bucket
 from plugin_daemon.config import Settings
 from plugin_daemon.errors import BadRequest, InternalError, NotFound, UniqueIdentifierError
-from plugin_daemon.packages import DecodedPackage, PackageError, PluginIdentifier, decode_package
+from plugin_daemon.packages import (
+    DecodedPackage,
+    PackageError,
+    PluginIdentifier,
+    TrustedKey,
+    decode_package,
+    load_keyring,
+)
 from plugin_daemon.packages.archive import read_entries
 from plugin_daemon.packages.assets import ASSETS_FOLDER
 from plugin_daemon.packages.bundle import decode_bundle
+from plugin_daemon.packages.keyring import key_paths
 from plugin_daemon.packages.readme import DEFAULT_LANGUAGE, is_readme, pick_readme, readmes
 from plugin_daemon.runtime import PluginSpec
 from plugin_daemon.store.database import Database
@@ -53,6 +61,24 @@ def _iso(value: Any) -> str:
     return text.replace("+00:00", "Z") if text.endswith("+00:00") else text + "Z"
 
 
+SIGNATURE_REQUIRED = "the package signature is required"
+UNSIGNED_HINT = (
+    " (FORCE_VERIFYING_SIGNATURE is on: to install a package of your own, sign it with a key listed in"
+    " THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS, or turn forcing off)"
+)
+UNAUTHORIZED_LANGGENIUS = (
+    "plugin installation blocked: the plugin's author is langgenius, but no key vouches for the langgenius"
+    " category (set ENFORCE_LANGGENIUS_PLUGIN_SIGNATURES=false to allow it, not recommended)"
+)
+
+
+def claims_langgenius_unverified(decoded: DecodedPackage) -> bool:
+    """Go's isUnauthorizedLanggenius: author "langgenius" (any case) without the langgenius category."""
+    if str(decoded.declaration.get("author", "")).lower() != "langgenius":
+        return False
+    return decoded.verification is None or decoded.verification.get("authorized_category") != "langgenius"
+
+
 def parse_identifier(text: str) -> PluginIdentifier:
     try:
         return PluginIdentifier.parse(text)
@@ -69,17 +95,23 @@ class PluginManager:
         self._lock = threading.Lock()
         self._installations: dict[tuple[str, str], Installation | None] = {}
         self._specs: dict[str, PluginSpec] = {}
+        self._signature_keys: list[TrustedKey] | None = None
+        if settings.THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED:
+            self.signature_keys()  # a bad key file stops the start, not the first upload
+
+    def signature_keys(self) -> list[TrustedKey]:
+        """Dify's official key, then the third-party keys; loaded once (cryptography only when needed)."""
+        if self._signature_keys is None:
+            try:
+                self._signature_keys = load_keyring(
+                    self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED,
+                    key_paths(self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS),
+                )
+            except PackageError as exc:
+                raise ValueError(exc.message) from None
+        return self._signature_keys
 
     # --- packages ---------------------------------------------------------------------
-    def public_keys(self) -> list[bytes]:
-        if not self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED:
-            return []
-        keys = []
-        for path in self.settings.THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS.split(","):
-            if path.strip():
-                with open(path.strip(), "rb") as handle:
-                    keys.append(handle.read())
-        return keys
 
     def upload(self, data: bytes, *, verify_signature: bool) -> dict[str, Any]:
         """Decode, validate and keep a package; returns the Dify ``PluginDecodeResponse``."""
@@ -130,17 +162,22 @@ class PluginManager:
                 f"plugin package is {len(data)} bytes, over MAX_PLUGIN_PACKAGE_SIZE "
                 f"({self.settings.MAX_PLUGIN_PACKAGE_SIZE} bytes)"
             )
+        forced = self.settings.FORCE_VERIFYING_SIGNATURE
         try:
-            return decode_package(
+            decoded = decode_package(
                 data,
                 max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE,
                 max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
-                public_keys=self.public_keys(),
-                require_signature=verify_signature or self.settings.FORCE_VERIFYING_SIGNATURE,
+                keys=self.signature_keys(),
+                require_signature=verify_signature or forced,
                 max_yaml_size=self.settings.MAX_PLUGIN_YAML_SIZE,
             )
         except PackageError as exc:
-            raise BadRequest(exc.message) from exc
+            hint = UNSIGNED_HINT if forced and exc.message.startswith(SIGNATURE_REQUIRED) else ""
+            raise BadRequest(exc.message + hint) from exc
+        if self.settings.ENFORCE_LANGGENIUS_PLUGIN_SIGNATURES and claims_langgenius_unverified(decoded):
+            raise BadRequest(UNAUTHORIZED_LANGGENIUS)
+        return decoded
 
     def _keep(self, decoded: DecodedPackage, data: bytes) -> None:
         for media_id, content in decoded.assets.items():

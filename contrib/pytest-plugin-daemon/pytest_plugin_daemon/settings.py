@@ -53,6 +53,7 @@ def daemon_settings(home: Path, working_path: Path, overrides: Mapping[str, Any]
         "SERVER_KEY": secrets.token_urlsafe(24),
         "PLATFORM": "local",
         "PLUGIN_REMOTE_INSTALLING_ENABLED": False,
+        "FORCE_VERIFYING_SIGNATURE": False,  # the plugin under test is a local, unsigned build
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -15,16 +15,21 @@ from .decode import DecodedPackage, decode_package
 from .errors import PackageError
 from .extract import safe_extract
 from .identity import PluginIdentifier
-from .signature import sign_package
+from .keyring import TrustedKey, load_keyring, official_key
+from .signing import generate_key_pair, sign_package
 
 __all__ = [
     "PROVIDER_KEYS",
     "DecodedPackage",
     "PackageError",
     "PluginIdentifier",
+    "TrustedKey",
     "build_package",
     "declaration_from_parts",
     "decode_package",
+    "generate_key_pair",
+    "load_keyring",
+    "official_key",
     "package_checksum",
     "plugin_category",
     "remap_icons",

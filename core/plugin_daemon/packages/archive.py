@@ -28,6 +28,7 @@ class Archive:
 
     files: dict[str, bytes]
     comment: bytes
+    entry_names: tuple[str, ...] = ()  # every entry, folders included, in zip order
 
 
 def read_archive(
@@ -79,7 +80,7 @@ def read_archive(
             content = _read_entry(archive, info, name, budget, max_size)
             budget -= len(content)
             files[name] = content
-        return Archive(files=files, comment=archive.comment)
+        return Archive(files=files, comment=archive.comment, entry_names=tuple(names))
 
 
 def read_entries(data: bytes, wanted: Callable[[str], bool], *, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, bytes]:

@@ -12,7 +12,8 @@ from .checksum import package_checksum
 from .declaration import build_declaration
 from .errors import PackageError
 from .identity import PluginIdentifier
-from .signature import check_signature, load_public_keys, verification_record
+from .keyring import TrustedKey, describe
+from .signature import check_signature
 from .yaml_loader import MAX_SIZE as MAX_YAML_SIZE
 
 
@@ -31,20 +32,19 @@ def decode_package(
     *,
     max_size: int = DEFAULT_MAX_SIZE,
     max_entries: int = DEFAULT_MAX_ENTRIES,
-    public_keys: Sequence[bytes] = (),
+    keys: Sequence[TrustedKey] = (),
     require_signature: bool = False,
     max_yaml_size: int = MAX_YAML_SIZE,
 ) -> DecodedPackage:
-    """Check, verify and read a .difypkg; raise PackageError saying what is wrong."""
-    keys = load_public_keys(public_keys)
+    """Check, verify (with ``keys``, in order) and read a .difypkg; raise PackageError saying what is wrong."""
     archive = read_archive(data, max_size=max_size, max_entries=max_entries)
     signature = check_signature(archive, keys)
     if require_signature and not signature.verified:
         raise PackageError(
-            f"package signature is required but could not be verified with {len(keys)} "
-            f"public key{'' if len(keys) == 1 else 's'} tried: {signature.reason}"
+            f"the package signature is required but could not be verified (keys tried: {describe(keys)}): "
+            f"{signature.reason}"
         )
-    verification = verification_record(archive.files) if signature.verified else None
+    verification = signature.verification
     checksum = package_checksum(archive.files)
     declaration = build_declaration(archive.files, max_yaml_size=max_yaml_size)
     declaration["verified"] = signature.verified

@@ -40,6 +40,7 @@ def debug_settings(home: Path, **overrides: Any) -> Settings:
         "DIFY_INNER_API_KEY": "inner-key",
         "PLATFORM": "remote",
         "PLUGIN_REMOTE_INSTALLING_PORT": 0,  # a free port; the runtime says which
+        "FORCE_VERIFYING_SIGNATURE": False,  # the test plugins are unsigned
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

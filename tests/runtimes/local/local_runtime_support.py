@@ -26,6 +26,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "PLUGIN_WORKING_PATH": SHARED_WORK,
         "PLUGIN_READY_TIMEOUT": 60.0,
         "PLUGIN_REMOTE_INSTALLING_PORT": 0,  # a free port: a taken one stops the start
+        "FORCE_VERIFYING_SIGNATURE": False,  # the test plugins are unsigned
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -37,6 +37,7 @@ def test_serve_as_pid_1_runs_the_daemon_as_a_child_and_plugins_answer(tmp_path: 
         "PLUGIN_REMOTE_INSTALLING_PORT": str(free_port()),
         "DIFY_INNER_API_URL": inner_api.url,
         "DIFY_INNER_API_KEY": "inner-key",
+        "FORCE_VERIFYING_SIGNATURE": "false",  # echo_tool is a local, unsigned build
     }
     daemon = NamespacedDaemon(environ, tmp_path / "daemon.log", tmp_path).start()
     try:
