@@ -11,6 +11,8 @@ import re
 import tempfile
 from pathlib import Path
 
+#: a blob being written; renamed into place when whole (a name never matches _SAFE_NAME)
+TEMPORARY_PREFIX = ".tmp-"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -28,7 +30,7 @@ class Bucket:
         target = self.path(name)
         if target.exists() and target.stat().st_size == len(data):
             return target
-        fd, temporary = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        fd, temporary = tempfile.mkstemp(dir=self.root, prefix=TEMPORARY_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -49,3 +51,13 @@ class Bucket:
             return self.path(name).is_file()
         except KeyError:
             return False
+
+    def remove_temporary(self) -> int:
+        """Remove the temporary files of writes that never finished (the process was killed); call
+        at start, before any write. Returns how many were removed."""
+        removed = 0
+        for leftover in self.root.glob(f"{TEMPORARY_PREFIX}*"):
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -83,7 +83,7 @@ def serve(host: str | None, port: int | None) -> None:
     become_init_if_pid_1()  # as PID 1 (a container without an init), fork: the daemon runs as a child
 
     from plugin_daemon.api.app import create_app
-    from plugin_daemon.connection_limits import http_limits
+    from plugin_daemon.connection_limits import http_limits, raise_open_file_limit
     from plugin_daemon.daemon import Daemon
     from plugin_daemon.go_settings import warnings_for
     from plugin_daemon.logs import configure_logging
@@ -98,6 +98,7 @@ def serve(host: str | None, port: int | None) -> None:
         resolve_server_key(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    raise_open_file_limit()
     try:
         daemon = Daemon(settings)
     # a setting refused (PLUGIN_EXTRA_ENV naming a secret, a third-party signature key unread),

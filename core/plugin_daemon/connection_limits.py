@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -79,6 +80,20 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             log.debug("closing a connection from %s: request not read in time", self.client)
             self.transport.close()
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as Go's runtime does at start: each
+    connection is a file, and a soft limit of 1,024 lets a thousand idle clients refuse everyone
+    else until their timeouts close them. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft
 
 
 def http_limits(settings: Settings) -> dict[str, Any]:

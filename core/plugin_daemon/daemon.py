@@ -81,6 +81,9 @@ class Daemon:
         interrupted = await anyio.to_thread.run_sync(self.installer.fail_interrupted)
         if interrupted:
             log.warning("%d install task(s) were interrupted by the last shutdown and are marked failed", interrupted)
+        leftovers = await anyio.to_thread.run_sync(self.manager.remove_interrupted_uploads)
+        if leftovers:
+            log.warning("removed %d temporary file(s) of uploads interrupted by the last stop", leftovers)
         try:
             async with anyio.create_task_group() as group:
                 self._task_group = group

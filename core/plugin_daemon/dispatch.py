@@ -23,7 +23,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from plugin_daemon.api.envelope import sse_failure, sse_success
-from plugin_daemon.errors import DaemonError, InternalError, PluginInvokeError
+from plugin_daemon.errors import DaemonError, InternalError, PluginInvokeError, internal_error
 from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon.runtime import EventKind, SessionChannel
 from plugin_daemon.sessions import Session
@@ -126,7 +126,7 @@ async def relay_session(
         relay.held += sse_failure(exc)
     except Exception as exc:
         log.exception("session %s failed", session.id)
-        relay.held += sse_failure(InternalError(f"session failed: internal error ({type(exc).__name__})"))
+        relay.held += sse_failure(internal_error(exc))
     finally:
         daemon.sessions.end(session)
         with anyio.CancelScope(shield=True):

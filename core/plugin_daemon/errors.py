@@ -68,6 +68,12 @@ class InternalError(DaemonError):
     error_type = "PluginDaemonInternalServerError"
 
 
+def internal_error(exc: BaseException) -> InternalError:
+    """What a caller is told of an unexpected failure: its kind only. The exception's own text can
+    carry SQL, paths or values, so it goes to the daemon's log, never into an answer."""
+    return InternalError(f"internal error ({type(exc).__name__}); the daemon's log has the details")
+
+
 class PluginInvokeError(DaemonError):
     """A plugin's own error; ``message`` is the JSON of ``{args, error_type, message}`` it sent."""
 

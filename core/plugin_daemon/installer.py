@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from sqlalchemy import delete, select
 
-from plugin_daemon.errors import BadRequest, DaemonError, NotFound
+from plugin_daemon.errors import BadRequest, DaemonError, NotFound, internal_error
 from plugin_daemon.manager import _iso, parse_identifier
 from plugin_daemon.runtime import PluginUnavailable
 from plugin_daemon.store.models import InstallTaskRow
@@ -165,7 +165,7 @@ class Installer:
                 await self._set(task_id, index, status=FAILED, message=message)
             except Exception as exc:  # an unexpected bug must still end the task truthfully
                 log.exception("install of %s failed", identifier)
-                await self._set(task_id, index, status=FAILED, message=f"internal error: {exc}")
+                await self._set(task_id, index, status=FAILED, message=internal_error(exc).message)
             finally:
                 if self.installing.get(key) == task_id:
                     del self.installing[key]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from plugin_daemon.buckets import Bucket
 from plugin_daemon.config import Settings
@@ -54,6 +55,10 @@ class Installation:
     plugin_id: str
     identifier: str
     runtime_type: str
+
+
+#: A declaration write that loses a race with the same insert is tried again (then it updates).
+DECLARATION_WRITE_ATTEMPTS = 3
 
 
 def _iso(value: Any) -> str:
@@ -250,22 +255,33 @@ class PluginManager:
     ) -> None:
         """Keep (or replace) the declaration of an identifier: an uploaded package's, or a debug plugin's."""
         parsed = parse_identifier(identifier)
-        with self.db.transaction() as session:
-            row = session.scalar(
-                select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
-            )
-            if row is None:
-                session.add(
-                    PluginDeclarationRow(
-                        plugin_unique_identifier=identifier,
-                        plugin_id=parsed.plugin_id,
-                        declaration=declaration,
+        for attempt in range(DECLARATION_WRITE_ATTEMPTS):
+            try:
+                with self.db.transaction() as session:
+                    row = session.scalar(
+                        select(PluginDeclarationRow).where(PluginDeclarationRow.plugin_unique_identifier == identifier)
                     )
-                )
-            else:
-                row.declaration = declaration
-            session.merge(VerificationRow(plugin_unique_identifier=identifier, verification=verification))
+                    if row is None:
+                        session.add(
+                            PluginDeclarationRow(
+                                plugin_unique_identifier=identifier,
+                                plugin_id=parsed.plugin_id,
+                                declaration=declaration,
+                            )
+                        )
+                    else:
+                        row.declaration = declaration
+                    session.merge(VerificationRow(plugin_unique_identifier=identifier, verification=verification))
+                break
+            except IntegrityError:
+                # the same new package uploaded at the same time: the other insert won; update its row
+                if attempt == DECLARATION_WRITE_ATTEMPTS - 1:
+                    raise
         self.forget_spec(identifier)
+
+    def remove_interrupted_uploads(self) -> int:
+        """Remove what uploads cut short by the last stop left (their temporary files); returns how many."""
+        return self.packages.remove_temporary() + self.media.remove_temporary()
 
     # --- specs for runtimes -----------------------------------------------------------
     def spec(self, identifier: str) -> PluginSpec:

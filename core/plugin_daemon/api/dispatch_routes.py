@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import anyio
@@ -17,6 +18,8 @@ from plugin_daemon.api.requests import check_tenant, parse_json_object
 from plugin_daemon.dispatch import Access, open_session, relay_session, start_session
 from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound
 from plugin_daemon.manager import parse_identifier
+
+log = logging.getLogger(__name__)
 
 A = Access
 #: path under dispatch/ -> what the plugin is asked (protocol.md §4.2)
@@ -171,6 +174,9 @@ class DispatchEndpoint:
             else:
                 session, channel = await open_session(daemon, **fields)
                 response = None
+        except ClientDisconnect:
+            log.debug("the caller of %s left before sending its whole request", scope["path"])
+            return
         except DaemonError as exc:
             if exc.http_status != 200 or not access.streaming:
                 response = failure(exc)

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
@@ -151,6 +151,9 @@ async def invoke(request: Request) -> Response:
     except DaemonError as exc:
         status = exc.http_status if exc.http_status != 200 else 500
         return JSONResponse(exc.envelope(), status_code=status)
+    except ClientDisconnect:  # nobody to answer; not the daemon's error
+        log.debug("the caller of endpoint %s left before sending its whole request", hook_id)
+        return Response(status_code=400)
     return PluginBodyResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 

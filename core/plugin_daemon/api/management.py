@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from plugin_daemon import category_listing
 from plugin_daemon.api.envelope import failure, success
+from plugin_daemon.api.middleware import BodyTooLarge
 from plugin_daemon.api.requests import field, json_body, page, query, tenant
-from plugin_daemon.errors import BadRequest, DaemonError, InternalError, PluginNotFound
+from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound, internal_error
 
 if TYPE_CHECKING:
     from plugin_daemon.daemon import Daemon
@@ -40,9 +42,16 @@ def enveloped(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             result = await handler(request)
         except DaemonError as exc:
             return failure(exc)
+        except BodyTooLarge:
+            raise  # answered 413 by the body-size middleware
+        except ClientDisconnect:
+            log.debug("the caller of %s %s left before sending its whole request", request.method, request.url.path)
+            return failure(BadRequest("the client disconnected", http_status=400))
+        except HTTPException as exc:  # Starlette's own refusals (a malformed multipart body, ...)
+            return failure(BadRequest(str(exc.detail), http_status=exc.status_code))
         except Exception as exc:
             log.exception("%s %s failed", request.method, request.url.path)
-            return failure(InternalError(f"internal error: {exc}"))
+            return failure(internal_error(exc))
         if isinstance(result, Response):
             return result
         return success(result)

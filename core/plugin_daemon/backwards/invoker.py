@@ -17,6 +17,7 @@ from plugin_daemon.backwards.dify_client import DifyCallError, DifyInnerAPI, tim
 from plugin_daemon.backwards.permissions import denial
 from plugin_daemon.backwards.storage import PluginStorage, StorageError
 from plugin_daemon.config import Settings
+from plugin_daemon.errors import internal_error
 from plugin_daemon.protocol.messages import encode_backwards_response
 from plugin_daemon.runtime import SessionChannel
 from plugin_daemon.sessions import Session
@@ -86,7 +87,7 @@ class BackwardsInvoker:
             failure = timeout_message(self.dify.read_deadline)
         except Exception as exc:  # a fault inside the daemon (a database gone, a bug): still answer
             log.exception("backwards invocation %s of session %s failed", request_id, session.id)
-            failure = f"the plugin daemon failed to answer this call: internal error ({type(exc).__name__})"
+            failure = f"the plugin daemon failed to answer this call: {internal_error(exc).message}"
         try:
             if failure is not None:
                 await reply("error", failure)
