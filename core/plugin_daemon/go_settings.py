@@ -93,7 +93,7 @@ _SENTRY = Unsupported(
     "Sentry reporting is not built in; errors are in the log (LOG_OUTPUT_FORMAT=json for a collector)"
 )
 _DB_TUNING = Unsupported(
-    "Go's GORM connection settings; this daemon uses SQLAlchemy's pool defaults",
+    "Go's GORM logging and timeouts; this daemon uses SQLAlchemy's and the drivers' defaults",
     harmless=_OFF | {"10", "30", "3600", "5s", "30s"},
 )
 _PIP = Unsupported(
@@ -191,17 +191,8 @@ UNSUPPORTED: dict[str, Unsupported] = {
         ],
         _REDIS,
     ),
-    "DB_DEFAULT_DATABASE": Unsupported(
-        "the database used to create DB_DATABASE is always the server's maintenance database",
-        harmless=_OFF | {"postgres", "mysql"},
-    ),
     **dict.fromkeys(
         [
-            "DB_MAX_IDLE_CONNS",
-            "DB_MAX_OPEN_CONNS",
-            "DB_CONN_MAX_LIFETIME",
-            "DB_EXTRAS",
-            "DB_CHARSET",
             "DB_GORM_LOG_LEVEL",
             "DB_CONNECT_TIMEOUT",
             "DB_READ_TIMEOUT",
