@@ -11,14 +11,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
+F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_KEY_PAIR_NAME = "dify_plugin_signing_key"
 CATEGORIES = ("langgenius", "partner", "community")
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def key_file_option(name: str, description: str, *, required: bool) -> Callable[[F], F]:
+    """``-p`` / ``--<name>`` (Go's spelling, with an underscore) / ``--<name-with-dash>``: a key file."""
+    return click.option(
+        "-p", f"--{name}", f"--{name.replace('_', '-')}", name, required=required, type=FILE, help=description
+    )
 
 
 @click.group()
@@ -47,16 +58,8 @@ def generate(filename: str) -> None:
 
 
 @signature.command()
-@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "-p",
-    "--private_key",
-    "--private-key",
-    "private_key",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The private key file (PEM).",
-)
+@click.argument("package_file", type=FILE)
+@key_file_option("private_key", "The private key file (PEM).", required=True)
 @click.option(
     "-c",
     "--authorized_category",
@@ -84,16 +87,8 @@ def sign(package_file: Path, private_key: Path, category: str) -> None:
 
 
 @signature.command()
-@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "-p",
-    "--public_key",
-    "--public-key",
-    "public_key",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The public key file (PEM); Dify's official key when omitted.",
-)
+@click.argument("package_file", type=FILE)
+@key_file_option("public_key", "The public key file (PEM); Dify's official key when omitted.", required=False)
 def verify(package_file: Path, public_key: Path | None) -> None:
     """Verify PACKAGE_FILE's signature with PUBLIC_KEY, or with Dify's official key."""
     from plugin_daemon.packages import PackageError, decode_package, official_key
