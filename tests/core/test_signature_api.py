@@ -23,6 +23,7 @@ from plugin_daemon.packages import build_package
 
 from tests.core.packages.test_package_signature import MARKETPLACE_IDENTIFIER, MARKETPLACE_PACKAGE
 from tests.core.test_management_api import ECHO_TOOL, envelope, error_of, install, upload
+from tests.core.test_package_contents_api import _bundle, _upload_bundle
 from tests.support.daemon_server import running_daemon
 from tests.support.namespaced_daemon import OWN_PREFIXES
 
@@ -156,6 +157,22 @@ def test_an_unsigned_langgenius_package_is_refused_unless_enforcing_is_off(make_
     )
     with running_daemon(relaxed) as server:
         assert envelope(upload(server.client, package))["manifest"]["author"] == "langgenius"
+
+
+def test_bundles_follow_the_same_rules(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """A bundle's packages pass the same checks: signatures when forced, and the langgenius author."""
+    dependencies = [{"type": "package", "value": {"path": "agent.difypkg"}}]
+    marketplace = _bundle(dependencies, {"agent.difypkg": MARKETPLACE_PACKAGE.read_bytes()})
+    unsigned = _bundle(dependencies, {"agent.difypkg": build_package(ECHO_TOOL)})
+    claiming = _bundle(dependencies, {"agent.difypkg": langgenius_package()})
+    with running_daemon(make_settings(PLATFORM="memory", FORCE_VERIFYING_SIGNATURE=True)) as server:
+        listed = envelope(_upload_bundle(server.client, marketplace))
+        assert listed[0]["value"]["unique_identifier"] == MARKETPLACE_IDENTIFIER
+        message = error_of(_upload_bundle(server.client, unsigned))["message"]
+        assert message.startswith("bundle package 'agent.difypkg': the package signature is required")
+    with running_daemon(make_settings(PLATFORM="memory", FORCE_VERIFYING_SIGNATURE=False)) as server:
+        message = error_of(_upload_bundle(server.client, claiming))["message"]
+        assert message.startswith("bundle package 'agent.difypkg': plugin installation blocked")
 
 
 def test_a_third_party_key_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
