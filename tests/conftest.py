@@ -45,30 +45,38 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
+def fresh_database(admin_url: str, url: str, drop: str, server: str) -> Iterator[str]:
+    """A database named ``plugin_daemon_test_<random>`` on a local server, dropped afterwards."""
+    if not server_available(admin_url):
+        pytest.fail(f"{server} is required for this test and is not reachable")
+    name = f"plugin_daemon_test_{uuid.uuid4().hex[:12]}"
+    yield url.format(name=name)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(drop.format(name=name)))
+    admin.dispose()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database on the local server, dropped afterwards."""
-    if not server_available(POSTGRES_ADMIN_URL):
-        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required for this test and is not reachable")
-    name = f"plugin_daemon_test_{uuid.uuid4().hex[:12]}"
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    yield from fresh_database(
+        POSTGRES_ADMIN_URL,
+        "postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        "PostgreSQL on 127.0.0.1:5432",
+    )
 
 
 @pytest.fixture
 def mysql_url() -> Iterator[str]:
     """A fresh database on the local MariaDB (root, no password), dropped afterwards."""
-    if not server_available(MYSQL_ADMIN_URL):
-        pytest.fail("MariaDB (or MySQL) on 127.0.0.1:3306 is required for this test and is not reachable")
-    name = f"plugin_daemon_test_{uuid.uuid4().hex[:12]}"
-    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+    yield from fresh_database(
+        MYSQL_ADMIN_URL,
+        "mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4",
+        "DROP DATABASE IF EXISTS `{name}`",
+        "MariaDB (or MySQL) on 127.0.0.1:3306",
+    )
 
 
 @pytest.fixture(

@@ -84,6 +84,11 @@ class Daemon:
         leftovers = await anyio.to_thread.run_sync(self.manager.remove_interrupted_uploads)
         if leftovers:
             log.warning("removed %d temporary file(s) of uploads interrupted by the last stop", leftovers)
+        copied = await anyio.to_thread.run_sync(self.manager.keep_installed_copies)
+        if copied:
+            log.info(
+                "%d installed plugin(s) got their copy under PLUGIN_INSTALLED_PATH, as the Go daemon keeps them", copied
+            )
         try:
             async with anyio.create_task_group() as group:
                 self._task_group = group

@@ -8,9 +8,11 @@ cached in memory and invalidated on every change made through this object.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -95,7 +97,10 @@ class PluginManager:
     def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
         self.db = database
+        #: laid out as the Go daemon's buckets: packages by identifier, the packages of installed
+        #: local plugins (which the Go daemon launches at start), assets by media id
         self.packages = Bucket(settings.package_path)
+        self.installed = Bucket(settings.installed_path)
         self.media = Bucket(settings.media_path)
         self._lock = threading.Lock()
         self._installations: dict[tuple[str, str], Installation | None] = {}
@@ -187,7 +192,7 @@ class PluginManager:
     def _keep(self, decoded: DecodedPackage, data: bytes) -> None:
         for media_id, content in decoded.assets.items():
             self.media.put(media_id, content)
-        self.packages.put(f"{decoded.checksum}.difypkg", data)
+        self.packages.put(str(decoded.identifier), data)
         self.register_declaration(str(decoded.identifier), decoded.declaration, decoded.verification)
 
     @staticmethod
@@ -238,7 +243,8 @@ class PluginManager:
     def _package_entries(self, identifier: str, wanted: Callable[[str], bool]) -> dict[str, bytes]:
         parse_identifier(identifier)
         row = self.declaration_row(identifier)
-        data = self.packages.get(f"{row.checksum}.difypkg") if row is not None else None
+        path = self.package_file(identifier) if row is not None else None
+        data = path.read_bytes() if path is not None else None
         if data is None:
             raise NotFound(f"plugin package {identifier} is not known; upload it first")
         try:
@@ -281,7 +287,40 @@ class PluginManager:
 
     def remove_interrupted_uploads(self) -> int:
         """Remove what uploads cut short by the last stop left (their temporary files); returns how many."""
-        return self.packages.remove_temporary() + self.media.remove_temporary()
+        return sum(bucket.remove_temporary() for bucket in (self.packages, self.installed, self.media))
+
+    def package_file(self, identifier: str) -> Path | None:
+        """Where the package of ``identifier`` is (PLUGIN_PACKAGE_CACHE_PATH/<identifier>, as Go keeps it),
+        None when it is not kept. A package this daemon kept by checksum before is moved into place."""
+        parsed = parse_identifier(identifier)
+        target = self.packages.path(str(parsed))
+        if target.is_file():
+            return target
+        for legacy in (
+            self.packages.root / f"{parsed.checksum}.difypkg",
+            self.settings.home / "packages" / f"{parsed.checksum}.difypkg",
+        ):
+            if legacy.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(legacy, target)
+                return target
+        return None
+
+    def keep_installed_copies(self) -> int:
+        """Give every installed local plugin its copy under PLUGIN_INSTALLED_PATH, as the Go daemon keeps
+        them (it launches what it finds there); returns how many were missing."""
+        with self.db.transaction() as session:
+            identifiers = list(
+                session.scalars(select(PluginRow.plugin_unique_identifier).where(PluginRow.install_type == "local"))
+            )
+        made = 0
+        for identifier in identifiers:
+            if not self.installed.exists(identifier):
+                package = self.package_file(identifier)
+                if package is not None:
+                    self.installed.put(identifier, package.read_bytes())
+                    made += 1
+        return made
 
     # --- specs for runtimes -----------------------------------------------------------
     def spec(self, identifier: str) -> PluginSpec:
@@ -291,13 +330,12 @@ class PluginManager:
         row = self.declaration_row(identifier)
         if row is None:
             raise NotFound(f"plugin package {identifier} is not known")
-        package = self.packages.path(f"{row.checksum}.difypkg")
         spec = PluginSpec(
             identifier=identifier,
             plugin_id=row.plugin_id,
             checksum=row.checksum,
             declaration=row.declaration,
-            package_path=package if package.exists() else None,
+            package_path=self.package_file(identifier),
         )
         self._specs[identifier] = spec
         return spec
@@ -359,6 +397,10 @@ class PluginManager:
             raise NotFound(f"plugin package {identifier} is not known; upload it first")
         declaration = row.declaration
         retired = None
+        if runtime_type == "local":  # as Go's InstallToLocal: the package is copied to the installed bucket first
+            package = self.package_file(identifier)
+            if package is not None and not self.installed.exists(identifier):
+                self.installed.put(identifier, package.read_bytes())
         with self._lock, self.db.transaction() as session:
             installation = session.scalar(
                 select(InstallationRow).where(
@@ -412,6 +454,8 @@ class PluginManager:
             session.flush()
             result = Installation(installation.id, tenant_id, parsed.plugin_id, identifier, runtime_type)
         self._forget(tenant_id, parsed.plugin_id)
+        if retired is not None:
+            self.installed.delete(retired.identifier)
         return result, retired
 
     def _release(self, session: Any, installation: InstallationRow) -> str | None:
@@ -460,13 +504,15 @@ class PluginManager:
             removed = Installation(row.id, tenant_id, row.plugin_id, row.plugin_unique_identifier, row.runtime_type)
             unused = self._remove_installation(session, row)
         self._forget(tenant_id, removed.plugin_id)
+        if unused is not None:  # no tenant uses it: the Go daemon would no longer launch it either
+            self.installed.delete(unused)
         return removed, unused is not None
 
     def drop_unused_declaration(self, identifier: str) -> bool:
         """Delete the declaration of an identifier that no installation uses and no kept package
         backs (a debugging plugin's, once it has gone); returns whether it was deleted."""
         parsed = parse_identifier(identifier)
-        if self.packages.exists(f"{parsed.checksum}.difypkg"):
+        if self.package_file(str(parsed)) is not None:
             return False
         with self._lock, self.db.transaction() as session:
             used = session.scalar(
