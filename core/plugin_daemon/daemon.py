@@ -48,7 +48,7 @@ class Daemon:
             storage_writer=functools.partial(place_value, settings.persistence_path),
         )
         self.manager = PluginManager(settings, self.database)
-        self.sessions = SessionManager()
+        self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)
         #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)
         self.shutdown = Shutdown()
         self.backwards = BackwardsInvoker(settings, self.database)

@@ -121,10 +121,13 @@ async def relay_session(
             finally:
                 shutdown.untrack(deadline)
         if deadline.cancelled_caught:
+            session.outcome = "timeout"
             relay.held += sse_failure(shutdown.error() if shutdown.cutting else InternalError("killed by timeout"))
     except DaemonError as exc:
+        session.outcome = "error"
         relay.held += sse_failure(exc)
     except Exception as exc:
+        session.outcome = "error"
         log.exception("session %s failed", session.id)
         relay.held += sse_failure(internal_error(exc))
     finally:
@@ -177,6 +180,7 @@ class _Relay:
                     return event.data
                 calls.start_soon(backwards.handle, session, channel, event.data)
             elif kind is _ERROR:
+                session.outcome = "error"
                 self.held += sse_failure(PluginInvokeError.from_plugin(event.data))
                 return None
             elif kind is _END:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy import delete, select
 
+from plugin_daemon import metrics
 from plugin_daemon.errors import BadRequest, DaemonError, NotFound, internal_error
 from plugin_daemon.manager import _iso, parse_identifier
 from plugin_daemon.runtime import PluginUnavailable
@@ -157,8 +159,10 @@ class Installer:
             await self._set(task_id, index, status=RUNNING, message="installing")
             key = (tenant_id, parse_identifier(identifier).plugin_id)
             self.installing[key] = task_id
+            started, outcome = time.monotonic(), "failed"
             try:
                 await self.install_one(task_id, index, tenant_id, identifier, source, meta)
+                outcome = "success"
             except (PluginUnavailable, DaemonError) as exc:
                 message = exc.message
                 log.warning("install of %s for tenant %s failed: %s", identifier, tenant_id, message)
@@ -169,6 +173,8 @@ class Installer:
             finally:
                 if self.installing.get(key) == task_id:
                     del self.installing[key]
+                metrics.INSTALLATIONS.inc((key[1], outcome))  # Go's plugin_installations_total
+                metrics.INSTALLATION_DURATION.observe((key[1],), time.monotonic() - started)
 
     async def install_one(
         self, task_id: str, index: int, tenant_id: str, identifier: str, source: str, meta: dict[str, Any]

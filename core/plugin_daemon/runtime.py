@@ -149,6 +149,11 @@ class Runtime(ABC):
         """A JSON-able summary for the health route and operators."""
         return {}
 
+    def instance_states(self) -> dict[str, str]:
+        """``plugin_id`` (author/name) → state (an :class:`InstanceState` value) of the instances this
+        runtime holds now; read when metrics are scraped. The default holds none."""
+        return {}
+
     def problems(self) -> list[str]:
         """What is broken right now, one short line each, naming no plugin or tenant (the health
         route shows them without a key). Empty when all is well."""

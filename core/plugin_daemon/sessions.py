@@ -17,6 +17,9 @@ from typing import Any
 
 import anyio
 
+from plugin_daemon.logs import log_context
+from plugin_daemon.metrics import session_ended
+
 
 @dataclass(slots=True)
 class Session:
@@ -34,6 +37,8 @@ class Session:
     last_active: float = field(default_factory=time.monotonic)
     #: anything the runtime or extensions want to keep with the session
     extras: dict[str, Any] = field(default_factory=dict)
+    #: how the call went, for metrics (Go's statuses): success, error or timeout
+    outcome: str = "success"
     #: the caller of the dispatch has gone: the plugin's calls to Dify are refused from now on
     abandoned: bool = False
     #: set by a dispatch whose caller can leave: starts watching for that (called before each call to Dify)
@@ -73,13 +78,16 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self) -> None:
+    def __init__(self, *, metrics: bool = False) -> None:
+        #: count each ended session in Go's plugin_invocations_total / _duration_seconds
+        self.metrics = metrics
         self._sessions: dict[str, Session] = {}
         self._ended: anyio.Event | None = None  # set at the next end, for those waiting on one
 
     def create(self, **fields: Any) -> Session:
         session = Session(id=str(uuid.uuid4()), **fields)
         self._sessions[session.id] = session
+        log_context(session.plugin_id, session.id)  # the caller's task logs with these ids from now on
         return session
 
     def get(self, session_id: str) -> Session | None:
@@ -87,7 +95,8 @@ class SessionManager:
 
     def end(self, session: Session, state: str = "ended") -> None:
         session.state = state
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is not None and self.metrics:
+            session_ended(session, "error" if state == "failed" else session.outcome)
         if self._ended is not None:
             self._ended.set()
             self._ended = None

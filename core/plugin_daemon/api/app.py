@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from plugin_daemon import metrics
 from plugin_daemon.api import dispatch_routes, endpoint_routes, management
 from plugin_daemon.api.envelope import JSONResponse
 from plugin_daemon.api.health import health_check
@@ -47,6 +48,8 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
             yield
 
     routes: list[BaseRoute] = [Route("/health/check", health_check, methods=["GET"])]
+    if daemon.settings.PROMETHEUS_ENABLED:  # Go serves /metrics/ (and redirects /metrics to it); no key
+        routes += [Route(path, metrics.metrics_route, methods=["GET"]) for path in ("/metrics", "/metrics/")]
     routes += management.routes()
     routes += dispatch_routes.routes()
     routes += endpoint_routes.routes(daemon.settings)
@@ -66,6 +69,8 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
         # the bundle and the multipart around it
         limits_by_suffix={BUNDLE_UPLOAD_SUFFIX: settings.MAX_BUNDLE_PACKAGE_SIZE + settings.MAX_REQUEST_BODY_SIZE},
     )
+    if settings.PROMETHEUS_ENABLED:
+        app.add_middleware(metrics.HttpMetricsMiddleware)  # every answer past the concurrency cap is counted
     # outermost: refused at once past the cap, or once shutting down
     app.add_middleware(
         ConcurrencyLimitMiddleware, limit=settings.SERVER_MAX_CONCURRENT_REQUESTS, shutdown=daemon.shutdown

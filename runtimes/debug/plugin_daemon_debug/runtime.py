@@ -272,6 +272,9 @@ class DebugRuntime(Runtime):
             if connection.registered_in is not None
         ]
 
+    def instance_states(self) -> dict[str, str]:
+        return {connection.plugin.plugin_id: "ready" for connection in self.connections() if connection.alive}
+
     def problems(self) -> list[str]:
         if self.settings.PLUGIN_REMOTE_INSTALLING_ENABLED and self.address is None:
             return ["the debug listener is not listening (PLUGIN_REMOTE_INSTALLING_PORT)"]

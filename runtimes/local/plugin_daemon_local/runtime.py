@@ -157,6 +157,9 @@ class LocalRuntime(Runtime):
             "plugins": {identifier: sup.health() for identifier, sup in self._supervisors.items()},
         }
 
+    def instance_states(self) -> dict[str, str]:
+        return {sup.spec.plugin_id: sup.state.value for sup in self._supervisors.values()}
+
     def problems(self) -> list[str]:
         failed = sum(1 for sup in self._supervisors.values() if sup.state is InstanceState.FAILED)
         return [f"{failed} local plugin(s) failed for good (restarts exhausted or launch failed)"] if failed else []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from plugin_daemon.metrics import RESTARTS
 from plugin_daemon.runtime import InstanceState, PluginSpec
 
 from .environment import EnvironmentBuildError
@@ -135,6 +136,7 @@ class PluginSupervisor:
                 return
             delay = backoff(failures)
             self.restarts += 1
+            RESTARTS.inc((self.spec.plugin_id, "local"))
             logger.warning("%s: restarting in %.1f s: %s", self.spec.identifier, delay, outcome.message)
             self._set_state(InstanceState.RESTARTING)
             self.progress(f"restarting in {delay:.1f} s")
