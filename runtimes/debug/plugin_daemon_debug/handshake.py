@@ -22,6 +22,8 @@ from plugin_daemon.protocol.framing import LineReader, OversizeLine
 DECLARATION_FRAMES = {f"{key}_declaration": key for key in PROVIDER_KEYS}
 #: Longest asset file name accepted.
 MAX_ASSET_NAME = 255
+#: Deepest nesting of a manifest or provider declaration (as of a YAML file in a package).
+MAX_DECLARATION_DEPTH = 200
 
 
 class Refused(Exception):
@@ -44,6 +46,8 @@ class Registration:
 
 #: Checks a key; returns its tenant or raises Refused.
 Authenticate = Callable[[str], Awaitable[str]]
+#: Counts the bytes of a line read after the key; raises Refused when they are too many.
+Charge = Callable[[int], None]
 
 
 class _Reading:
@@ -54,7 +58,8 @@ class _Reading:
         self.manifest: dict[str, Any] | None = None
         self.transferred: set[str] = set()
         self.providers: dict[str, Any] = {}
-        self.assets: dict[str, list[bytes]] = {}
+        # one growing buffer per file: thousands of small chunks kept alive would fragment the heap
+        self.assets: dict[str, bytearray] = {}
         self.assets_size = 0  # base64 characters received, as the Go daemon counts
 
     def declaration(self, kind: str, key: str, data: Any) -> None:
@@ -81,7 +86,7 @@ class _Reading:
             content = base64.b64decode(chunk, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise Refused(f"assets decode failed, error: {exc}") from None
-        self.assets.setdefault(name, []).append(content)
+        self.assets.setdefault(name, bytearray()).extend(content)
 
 
 async def read_registration(
@@ -90,13 +95,19 @@ async def read_registration(
     *,
     max_assets: int,
     max_asset_files: int = 10_000,
+    charge: Charge | None = None,
 ) -> Registration:
     """Read frames up to ``end``; return what was registered, or raise :class:`Refused`."""
     state = _Reading(max_assets, max_asset_files)
     async for line in reader:
         if isinstance(line, OversizeLine):  # only when the reader is not strict
             raise Refused(f"handshake failed, a registration line is longer than {reader.max_size} bytes")
+        if charge is not None and state.tenant_id is not None:
+            charge(len(line))
         kind, data = _frame(line)
+        if kind != "asset_chunk" and _nests_deeper(data, MAX_DECLARATION_DEPTH):
+            depth = MAX_DECLARATION_DEPTH
+            raise Refused(f"register failed, invalid manifest detected: {kind} nests more than {depth} levels deep")
         if state.tenant_id is None:
             if kind != "handshake":
                 raise Refused("handshake failed, registration message before handshake")
@@ -121,10 +132,27 @@ async def read_registration(
                 raise Refused("register failed, invalid manifest detected: no manifest_declaration was sent")
             if not state.transferred:
                 raise Refused("no registration transferred, cannot initialize")
-            assets = {name: b"".join(parts) for name, parts in state.assets.items()}
+            assets = {name: bytes(content) for name, content in state.assets.items()}
+            state.assets.clear()
             return Registration(state.tenant_id, state.manifest, state.providers, assets)
         # other frame types are ignored, as the Go daemon does
     raise Refused("handshake failed, the connection ended before the registration did")
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` has containers nested more than ``limit`` deep (without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            item
+            for container in level
+            if isinstance(container, dict | list)
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _frame(line: bytes) -> tuple[str, Any]:

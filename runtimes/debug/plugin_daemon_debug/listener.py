@@ -1,10 +1,13 @@
 """The debugging TCP listener: admission, the registration under a deadline, then the connection.
 
 Every refusal is one plain-text line (what the SDK prints) and the connection closed:
-too many connections (``PLUGIN_REMOTE_INSTALLING_MAX_CONN``, counted from accept), a registration
-not finished within ``PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT`` seconds, a line over
-``PLUGIN_RUNTIME_MAX_BUFFER_SIZE``, an unknown key (and, after too many of those from one address,
-any key from it for a while), an invalid manifest or declaration.
+too many connections (``PLUGIN_REMOTE_INSTALLING_MAX_CONN``, counted from accept, when no connection
+is still waiting for its handshake: see ``admission``), no handshake line within
+``PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_TIMEOUT`` seconds or a longer one than
+``PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_MAX_SIZE``, a registration not finished within
+``PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT`` seconds, a line over ``PLUGIN_RUNTIME_MAX_BUFFER_SIZE``,
+an unknown key, a workspace at its cap of connections (checked as soon as the key is accepted),
+registrations holding too many bytes together, an invalid manifest or declaration.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import ByteReceiveStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from plugin_daemon.quickack import QuickAckReceiveStream
 from plugin_daemon.runtime import RuntimeStartError
 
+from .admission import BUSY, GIVE_BACK_AFTER, Admission, Stranger, give_back_memory, read_first_line
 from .connection import DebugConnection
-from .declaration import build_plugin
+from .declaration import DebugPlugin, build_plugin
 from .handshake import Refused, read_registration
 
 if TYPE_CHECKING:
@@ -29,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUSY = "server is busy now, please try again later"
 #: Deadline on telling a refused peer why (and on draining what it still sends).
 REFUSAL_WRITE_TIMEOUT = 2.0
 #: Most bytes read and dropped from a refused peer before the connection is closed.
@@ -38,12 +42,38 @@ REFUSAL_DRAIN_LIMIT = 16 * 1024 * 1024
 ACCEPT_BACKOFF = 0.1
 
 
+@dataclass
+class _Claims:
+    """What one registration holds: a connection slot of its tenant, and bytes of the shared budget."""
+
+    tenant_id: str | None = None
+    charged: int = 0
+
+
+def read_only_when_asked(stream: SocketStream) -> None:
+    """Stop the socket from being read ahead of what the listener asks for.
+
+    anyio's asyncio backend reads an accepted socket at once and pauses it only after a ``receive``
+    that had to wait: a peer that sends faster than its registration is parsed (or than a refused
+    peer is drained) had its whole upload queued in memory. Paused from the start, at most a chunk
+    or two is ever read ahead.
+    """
+    transport = getattr(stream, "_transport", None)  # the asyncio backend's; other backends have none
+    pause = getattr(transport, "pause_reading", None)
+    if pause is not None:
+        pause()
+
+
 class DebugListener:
     def __init__(self, runtime: DebugRuntime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.open_connections = 0
         self.address: tuple[str, int] | None = None
+        self.admission = Admission(
+            self.settings.PLUGIN_REMOTE_INSTALLING_MAX_HANDSHAKES_PER_ADDRESS,
+            self.settings.PLUGIN_REMOTE_INSTALLING_MAX_REGISTERING_BYTES,
+        )
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
         """Listen until cancelled. A port that cannot be bound stops the daemon's start."""
@@ -75,19 +105,23 @@ class DebugListener:
                 await anyio.sleep(ACCEPT_BACKOFF)
                 continue
             group.start_soon(self._handle, stream)
+            del stream  # not kept (with what it still had buffered) until the next connection comes
 
     async def _handle(self, stream: SocketStream) -> None:
         accepted = time.monotonic()
+        read_only_when_asked(stream)
         self.open_connections += 1
         try:
             address = str(stream.extra(SocketAttribute.remote_address)[0])
         except (OSError, IndexError, TypeError):
             address = "unknown"
         try:
-            if self.open_connections > self.settings.PLUGIN_REMOTE_INSTALLING_MAX_CONN:
+            full = self.open_connections > self.settings.PLUGIN_REMOTE_INSTALLING_MAX_CONN
+            stranger = self.admission.arrive(address, full=full)
+            if stranger is None:
                 await self._refuse(stream, address, BUSY)
                 return
-            connection = await self._register(stream, address, accepted)
+            connection = await self._register(stream, address, accepted, stranger)
             if connection is not None:
                 await self.runtime.serve_connection(connection)
         except Exception:  # one connection must never take the listener down
@@ -97,50 +131,109 @@ class DebugListener:
             with anyio.CancelScope(shield=True), anyio.move_on_after(REFUSAL_WRITE_TIMEOUT):
                 await stream.aclose()
 
-    async def _register(self, stream: SocketStream, address: str, accepted: float) -> DebugConnection | None:
+    async def _register(
+        self, stream: SocketStream, address: str, accepted: float, stranger: Stranger
+    ) -> DebugConnection | None:
         settings = self.settings
         runtime = self.runtime
-        reader = LineReader(QuickAckReceiveStream(stream), settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE, strict=True)
-        timeout = settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT
+        receiver = QuickAckReceiveStream(stream)
+        reader = LineReader(receiver, settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE, strict=True)
+        claims = _Claims()
         try:
-            with anyio.fail_after(timeout):
+            outcome = await self._read_plugin(receiver, reader, address, accepted, stranger, claims)
+            if isinstance(outcome, str):
+                await self._refuse(stream, address, outcome)
+                return None
+            if outcome is None:
+                return None
+            plugin = outcome
+            reader.strict = False
+            connection = DebugConnection(
+                stream,
+                reader,
+                plugin,
+                address,
+                heartbeat_timeout=settings.PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT,
+                accepted_at=accepted,
+                on_note=lambda level, message: runtime.plugin_note(plugin, level, message),
+            )
+            try:
+                await runtime.attach(connection)
+            except Refused as exc:
+                runtime.note(plugin.tenant_id, plugin.plugin_id, logging.WARNING, f"refused: {exc.line}")
+                await self._refuse(stream, address, exc.line)
+                return None
+            return connection
+        finally:
+            if claims.tenant_id is not None:
+                runtime.release_registration(claims.tenant_id)
+            if claims.charged >= GIVE_BACK_AFTER:  # what it held is freed by now (installed or refused)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(give_back_memory)
+
+    async def _read_plugin(
+        self,
+        receiver: ByteReceiveStream,
+        reader: LineReader,
+        address: str,
+        accepted: float,
+        stranger: Stranger,
+        claims: _Claims,
+    ) -> DebugPlugin | str | None:
+        """The registered plugin, else the line the peer is refused with (None: it is gone).
+
+        Whatever the registration held is let go before the caller writes a refusal.
+        """
+        settings = self.settings
+        runtime = self.runtime
+        timeout = settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT
+
+        async def authenticate(key: str) -> str:
+            tenant_id = await runtime.authenticate(address, key)
+            runtime.reserve_registration(tenant_id)  # the workspace's cap, before anything big is read
+            claims.tenant_id = tenant_id
+            return tenant_id
+
+        def charge(size: int) -> None:
+            self.admission.charge(size)
+            claims.charged += size
+
+        try:
+            reader.feed(await self._handshake_line(receiver, stranger, accepted))
+            with anyio.fail_after(max(0.0, timeout - (time.monotonic() - accepted))):
                 registration = await read_registration(
                     reader,
-                    lambda key: runtime.authenticate(address, key),
+                    authenticate,
                     max_assets=settings.PLUGIN_REMOTE_INSTALLING_MAX_ASSETS_SIZE,
                     max_asset_files=settings.MAX_PLUGIN_PACKAGE_ENTRIES,
+                    charge=charge,
                 )
-            plugin = build_plugin(registration)
+            return build_plugin(registration)
         except TimeoutError:
-            await self._refuse(stream, address, f"handshake failed, registration not finished within {timeout:g} s")
-            return None
+            return f"handshake failed, registration not finished within {timeout:g} s"
         except LineTooLong as exc:
-            await self._refuse(
-                stream, address, f"handshake failed, a registration line is longer than {exc.limit} bytes"
-            )
-            return None
+            return f"handshake failed, a registration line is longer than {exc.limit} bytes"
         except Refused as exc:
-            await self._refuse(stream, address, exc.line)
+            return exc.line
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
             return None
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            return None
-        reader.strict = False
-        connection = DebugConnection(
-            stream,
-            reader,
-            plugin,
-            address,
-            heartbeat_timeout=settings.PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT,
-            accepted_at=accepted,
-            on_note=lambda level, message: runtime.plugin_note(plugin, level, message),
-        )
-        try:
-            await runtime.attach(connection)
-        except Refused as exc:
-            runtime.note(plugin.tenant_id, plugin.plugin_id, logging.WARNING, f"refused: {exc.line}")
-            await self._refuse(stream, address, exc.line)
-            return None
-        return connection
+        except Exception:
+            log.exception("reading a debugging registration from %s failed", address)
+            return "register failed, the daemon could not read the registration"
+        finally:
+            self.admission.leave(stranger)
+            self.admission.release(claims.charged)
+
+    async def _handshake_line(self, receiver: ByteReceiveStream, stranger: Stranger, accepted: float) -> bytes:
+        """The first line (and what followed it in the same reads), read while the peer is a stranger."""
+        settings = self.settings
+        timeout = settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_TIMEOUT
+        timeout = min(timeout, settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT)
+        with stranger.scope, anyio.move_on_after(max(0.0, timeout - (time.monotonic() - accepted))):
+            return await read_first_line(receiver, settings.PLUGIN_REMOTE_INSTALLING_HANDSHAKE_LINE_MAX_SIZE)
+        if stranger.evicted is not None:
+            raise Refused(stranger.evicted)
+        raise Refused(f"handshake failed, no handshake within {timeout:g} s")
 
     async def _refuse(self, stream: SocketStream, address: str, line: str) -> None:
         """Write the reason, end our side, and let the peer read it before the close.

@@ -63,6 +63,7 @@ class DebugRuntime(Runtime):
         self.listen_error: str | None = None
         self._by_plugin: dict[PluginKey, list[DebugConnection]] = {}  # oldest first
         self._routes: dict[str, DebugConnection] = {}  # identifier → newest live connection
+        self._registering: dict[str, int] = {}  # tenant → registrations being read (key accepted)
         self._lock = anyio.Lock()
 
     # --- lifetime -------------------------------------------------------------------------
@@ -97,17 +98,46 @@ class DebugRuntime(Runtime):
     # --- registration -----------------------------------------------------------------------
 
     async def authenticate(self, address: str, key: str) -> str:
-        """The tenant of ``key``; refused when unknown or when ``address`` failed too often."""
+        """The tenant of ``key``; refused when unknown.
+
+        A valid key is accepted whatever its address did before: on a shared host (or behind a
+        NAT) one process guessing keys must not lock every developer out. An address that failed
+        too often is told to stop, and its failures keep counting.
+        """
+        tenant_id = await anyio.to_thread.run_sync(self.keys.tenant_of, key)
+        if tenant_id is not None:
+            return tenant_id
         wait = self.limiter.retry_after(address)
+        self.limiter.failed(address)
         if wait:
             raise Refused(
                 f"handshake failed, too many invalid keys from {address}; try again in {max(1, math.ceil(wait))} s"
             )
-        tenant_id = await anyio.to_thread.run_sync(self.keys.tenant_of, key)
-        if tenant_id is None:
-            self.limiter.failed(address)
-            raise Refused("handshake failed, invalid key")
-        return tenant_id
+        raise Refused("handshake failed, invalid key")
+
+    def _tenant_cap_line(self) -> str:
+        cap = self.settings.PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN
+        return (
+            f"too many debugging connections for this workspace (at most {cap}, "
+            "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN); stop another debugging plugin first"
+        )
+
+    def reserve_registration(self, tenant_id: str) -> None:
+        """Hold one of the tenant's connections for a registration about to be read; refused at the
+        cap (its connections plus its registrations being read), before the registration is read."""
+        registered = sum(len(conns) for (tenant, _), conns in self._by_plugin.items() if tenant == tenant_id)
+        registering = self._registering.get(tenant_id, 0)
+        if registered + registering >= self.settings.PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN:
+            raise Refused(self._tenant_cap_line())
+        self._registering[tenant_id] = registering + 1
+
+    def release_registration(self, tenant_id: str) -> None:
+        """The registration is attached (and counted as a connection now) or has failed."""
+        left = self._registering.get(tenant_id, 0) - 1
+        if left > 0:
+            self._registering[tenant_id] = left
+        else:
+            self._registering.pop(tenant_id, None)
 
     async def attach(self, connection: DebugConnection) -> None:
         """Route to a registered connection and install its plugin for its tenant."""
@@ -117,10 +147,7 @@ class DebugRuntime(Runtime):
             cap = self.settings.PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN
             in_tenant = sum(len(conns) for (tenant, _), conns in self._by_plugin.items() if tenant == plugin.tenant_id)
             if in_tenant >= cap:
-                raise Refused(
-                    f"too many debugging connections for this workspace (at most {cap}, "
-                    "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN); stop another debugging plugin first"
-                )
+                raise Refused(self._tenant_cap_line())
             existing = await anyio.to_thread.run_sync(self.manager.installation, *key)
             if existing is not None and existing.runtime_type != self.name:
                 raise Refused(
@@ -142,6 +169,7 @@ class DebugRuntime(Runtime):
     def _install(self, plugin: DebugPlugin) -> None:
         for media_id, content in plugin.media.items():
             self.manager.media.put(media_id, content)
+        plugin.media.clear()  # kept in the media store now (it is never emptied): not in memory too
         self.manager.register_declaration(plugin.identifier, plugin.declaration)
         # a replaced debugging copy needs no retiring: its connection is routed (or gone) already
         self.manager.install(plugin.tenant_id, plugin.identifier, runtime_type=self.name, source="remote")
@@ -287,6 +315,8 @@ class DebugRuntime(Runtime):
             "listening": f"{address[0]}:{address[1]}" if address else None,
             "error": self.listen_error,
             "connections": self.listener.open_connections,
+            "waiting_for_handshake": self.listener.admission.strangers,
+            "registering_bytes": self.listener.admission.registering_bytes,
             "plugins": {connection.identifier: describe(connection) for connection in self.connections()},
         }
 

@@ -137,8 +137,13 @@ class SdkPlugin:
         return self._output.read_text(errors="replace") if self._output and self._output.exists() else ""
 
 
-def registration_frames(key: str, plugin: str = "echo_tool") -> bytes:
-    """The registration the SDK sends for ``tests/plugins/<plugin>`` (a tool plugin), byte for byte in form."""
+#: Raw bytes per asset chunk, as the SDK sends them.
+ASSET_CHUNK = 8192
+
+
+def registration_frames(key: str, plugin: str = "echo_tool", *, assets: dict[str, bytes] | None = None) -> bytes:
+    """The registration the SDK sends for ``tests/plugins/<plugin>`` (a tool plugin), byte for byte in form;
+    ``assets`` are more files sent as the SDK sends assets (chunks of 8 KiB)."""
     folder = PLUGINS_DIR / plugin
     manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
     provider = decode_package(build_package(folder)).declaration["tool"]
@@ -150,8 +155,14 @@ def registration_frames(key: str, plugin: str = "echo_tool") -> bytes:
         orjson.dumps({"type": "tool_declaration", "data": [provider]}) + b"\n\n",
         orjson.dumps({"type": "asset_chunk", "data": {"filename": manifest["icon"], "data": icon, "end": True}})
         + b"\n\n",
-        orjson.dumps({"type": "end", "data": {}}) + b"\n\n",
     ]
+    for name, content in (assets or {}).items():
+        for start in range(0, len(content), ASSET_CHUNK):
+            piece = base64.b64encode(content[start : start + ASSET_CHUNK]).decode()
+            end = start + ASSET_CHUNK >= len(content)
+            frames.append(orjson.dumps({"type": "asset_chunk", "data": {"filename": name, "data": piece, "end": end}}))
+            frames.append(b"\n\n")
+    frames.append(orjson.dumps({"type": "end", "data": {}}) + b"\n\n")
     return b"".join(frames)
 
 
