@@ -859,12 +859,50 @@ def _new_loop() -> Callable[[Awaitable[Report]], Report]:
     return uvloop.run  # type: ignore[no-any-return]
 
 
+def soak(seconds: float, json_path: Path | None) -> None:
+    from tests.support.soak import Soak, start_soak_daemon
+
+    async def run_soak() -> dict[str, Any]:
+        home = Path(tempfile.mkdtemp(prefix="plugin-daemon-soak-")) / "home"
+        daemon = await start_soak_daemon(home, CACHE / "cwd")
+        console.print(f"[dim]soak: 64 callers for {seconds:g} s (daemon log: {daemon.log_path})[/dim]")
+        runner = Soak(daemon, callers=64, seconds=seconds, kill_every=20.0)
+        try:
+            report = await runner.run()
+        finally:
+            runner.daemon.stop()
+        return {"command": " ".join(["benchmarks/run.py", *sys.argv[1:]]), **report.as_dict()}
+
+    result = _new_loop()(run_soak())  # type: ignore[arg-type]
+    table = Table("outcome", "calls", "examples", title=f"soak: {result['calls']} calls in {seconds:g} s")
+    for kind, count in sorted(result["outcomes"].items(), key=lambda item: -item[1]):
+        table.add_row(kind, f"{count:,}", "\n".join(result["examples"].get(kind, [])[:2]))
+    console.print(table)
+    console.print(
+        f"plugin kills {result['plugin_kills']}, daemon restarts {result['restarts']} "
+        f"(stopped in {result['stop_seconds']} s, answering again after {result['restart_seconds']} s): "
+        + ("every call ended truthfully" if result["ok"] else "[red]SOME CALLS DID NOT END TRUTHFULLY[/red]")
+    )
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+    sys.exit(0 if result["ok"] else 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="shorter windows, one round (a smoke run)")
     parser.add_argument("--loadgen", choices=("auto", "python", "wrk"), default="auto", help="auto: wrk when installed")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="instead of the benchmark: 64 callers for SECONDS, plugin SIGKILLed every 20 s, a daemon restart "
+        "half-way; exits 1 if any call was truncated silently (tests/support/soak.py)",
+    )
     args = parser.parse_args()
+    if args.soak:
+        soak(args.soak, args.json)
     began = time.perf_counter()
     report = _new_loop()(run(args))  # type: ignore[arg-type]
     report.facts["seconds"] = round(time.perf_counter() - began, 1)

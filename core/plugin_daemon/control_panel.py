@@ -48,10 +48,17 @@ class ControlPanel:
         if runtime.state(identifier) is InstanceState.READY:
             return runtime
         spec = await self.spec(identifier)
-        try:
-            await runtime.ensure_ready(spec, timeout=self.daemon.settings.PLUGIN_READY_TIMEOUT)
-        except PluginUnavailable as exc:
-            raise unavailable_error(identifier, exc) from exc
+        shutdown = self.daemon.shutdown
+        with anyio.CancelScope() as waiting:
+            shutdown.track(waiting)  # a shutdown past its grace period ends the wait with its error
+            try:
+                await runtime.ensure_ready(spec, timeout=self.daemon.settings.PLUGIN_READY_TIMEOUT)
+            except PluginUnavailable as exc:
+                raise unavailable_error(identifier, exc) from exc
+            finally:
+                shutdown.untrack(waiting)
+        if waiting.cancelled_caught:
+            raise shutdown.error()
         return runtime
 
     async def relaunch_installed(self) -> None:

@@ -18,18 +18,34 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from plugin_daemon.packages import build_package
 
-from tests.support.daemon_process import KEY, TENANT, DaemonProcess
+from tests.support.daemon_process import KEY, TENANT, DaemonProcess, install, upload
 
 #: outcomes that are truthful
 WHOLE, ERROR, REFUSED = "whole", "error event", "refused before it started"
 #: outcomes that must never happen
 TRUNCATED, GARBLED, BROKEN = "truncated silently", "items lost or out of order", "connection broken mid-answer"
 UNTRUTHFUL = (TRUNCATED, GARBLED, BROKEN)
+
+
+ECHO_TOOL = Path(__file__).resolve().parents[1] / "plugins" / "echo_tool"
+#: short, so that the restart cuts the longer calls (a few seconds each)
+SOAK_GRACE_PERIOD = "1"
+
+
+async def start_soak_daemon(home: Path, working_path: Path) -> DaemonProcess:
+    """A daemon process with echo_tool installed for TENANT, ready for a soak."""
+    daemon = DaemonProcess(home, working_path, env={"SERVER_SHUTDOWN_GRACE_PERIOD": SOAK_GRACE_PERIOD}).start()
+    await daemon.wait_http()
+    async with daemon.client(timeout=900) as client:
+        await install(client, [await upload(client, build_package(ECHO_TOOL))])
+    return daemon
 
 
 @dataclass
@@ -64,10 +80,14 @@ async def ticks_call(client: httpx.AsyncClient, count: int, interval: float, *, 
         ) as response:
             started = True
             if response.status_code != 200:
-                body = orjson.loads(await response.aread())
+                raw = await response.aread()
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    body = None
                 if isinstance(body, dict) and body.get("code") not in (None, 0) and "message" in body:
                     return Outcome(REFUSED, 0, f"{response.status_code} {body['message'][:120]}")
-                return Outcome(GARBLED, 0, f"{response.status_code} without Dify's envelope")
+                return Outcome(GARBLED, 0, f"{response.status_code} without Dify's envelope: {raw[:120]!r}")
             async for line in response.aiter_lines():
                 if not line:
                     continue
@@ -181,18 +201,13 @@ class Soak:
                 await asyncio.sleep(0.05)  # a plugin restarting, or the daemon: do not spin
 
     async def _chaos(self, ends: float) -> None:
-        began = time.monotonic()
-        restart_at = began + self.seconds / 2 if self.restart else float("inf")
-        next_kill = began + self.kill_every
-        while time.monotonic() < ends:
-            now = time.monotonic()
-            if now >= restart_at:
-                restart_at = float("inf")
-                await self._restart_daemon()
-            elif now >= next_kill:
-                next_kill = now + self.kill_every
+        """SIGKILL the plugin every ``kill_every`` seconds; restart the daemon once, half-way."""
+        async with asyncio.TaskGroup() as group:
+            if self.restart:
+                group.create_task(self._restart_daemon(delay=self.seconds / 2))
+            while time.monotonic() + self.kill_every < ends:
+                await asyncio.sleep(self.kill_every)
                 await self._kill_plugin()
-            await asyncio.sleep(0.1)
 
     async def _kill_plugin(self) -> None:
         try:
@@ -206,7 +221,8 @@ class Soak:
             except ProcessLookupError:
                 pass
 
-    async def _restart_daemon(self) -> None:
+    async def _restart_daemon(self, delay: float) -> None:
+        await asyncio.sleep(delay)
         old = self.daemon
         began = time.monotonic()
         await asyncio.to_thread(old.stop, 60.0)
