@@ -24,7 +24,7 @@ from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from plugin_daemon.quickack import QuickAckReceiveStream
 from plugin_daemon.runtime import RuntimeStartError
 
-from .admission import BUSY, GIVE_BACK_AFTER, Admission, Stranger, give_back_memory, read_first_line
+from .admission import BUSY, Admission, Stranger, give_back_memory, read_first_line
 from .connection import DebugConnection
 from .declaration import DebugPlugin, build_plugin
 from .handshake import Refused, read_registration
@@ -167,9 +167,7 @@ class DebugListener:
         finally:
             if claims.tenant_id is not None:
                 runtime.release_registration(claims.tenant_id)
-            if claims.charged >= GIVE_BACK_AFTER:  # what it held is freed by now (installed or refused)
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(give_back_memory)
+            await self._let_go(claims.charged)  # what it held is freed by now (installed or refused)
 
     async def _read_plugin(
         self,
@@ -243,12 +241,19 @@ class DebugListener:
         size).
         """
         log.info("refused a debugging connection from %s: %s", address, line)
+        drained = 0
         with (
             anyio.move_on_after(REFUSAL_WRITE_TIMEOUT),
             contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError),
         ):
             await stream.send(line.encode() + b"\n")
             await stream.send_eof()
-            drained = 0
             while drained < REFUSAL_DRAIN_LIMIT:
                 drained += len(await stream.receive())
+        await self._let_go(drained)
+
+    async def _let_go(self, size: int) -> None:
+        """``size`` bytes were read and dropped: now and then, give the freed memory back."""
+        if self.admission.let_go(size):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(give_back_memory)
