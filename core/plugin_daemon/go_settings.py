@@ -109,8 +109,13 @@ _GO_BUFFERS = Unsupported(
 #: Go's settings this daemon does not honour, with the reason (README lists them too).
 UNSUPPORTED: dict[str, Unsupported] = {
     "SERVER_TZ": Unsupported("times are kept and logged in UTC", harmless=_OFF | {"utc"}),
-    "ADMIN_API_ENABLED": Unsupported("Go's /admin routes (used by Dify's cloud service only) are not served"),
-    "ADMIN_API_KEY": Unsupported("Go's /admin routes (used by Dify's cloud service only) are not served"),
+    **dict.fromkeys(
+        ["ADMIN_API_ENABLED", "ADMIN_API_KEY"],
+        Unsupported(
+            "Go's /admin routes (reinstalling a serverless plugin, switching its endpoint: operations of "
+            "Dify's hosted service) are not served"
+        ),
+    ),
     **dict.fromkeys(
         [
             "PLUGIN_STORAGE_OSS_BUCKET",

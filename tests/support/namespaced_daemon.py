@@ -37,19 +37,25 @@ def require_unshare() -> None:
 class NamespacedDaemon:
     """The daemon as PID 1 of its own PID namespace; its output goes to ``log_path``."""
 
-    def __init__(self, environ: dict[str, str], log_path: Path, cwd: Path) -> None:
+    def __init__(self, environ: dict[str, str], log_path: Path, cwd: Path, *, init: tuple[str, ...] = ()) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
         self.environ = {**base, **environ}
         self.port = int(environ["SERVER_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.cwd = cwd
+        #: a command that runs as PID 1 in front of the daemon (the image's ``tini -g --``); none = the daemon is PID 1
+        self.init = init
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> NamespacedDaemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "plugin_daemon.cli", "serve"],
+                [
+                    *("unshare", "--pid", "--fork", "--mount-proc"),
+                    *self.init,
+                    *(sys.executable, "-m", "plugin_daemon.cli", "serve"),
+                ],
                 env=self.environ,
                 cwd=self.cwd,
                 stdout=log,

@@ -59,6 +59,8 @@ class PluginSupervisor:
         self.process: PluginProcess | None = None  # the ready instance
         self.current: PluginProcess | None = None  # the live process, ready or not
         self.restarts = 0
+        #: names the plugin in structured logs (LOG_OUTPUT_FORMAT=json)
+        self.log_ids = {"plugin_id": spec.plugin_id}
         self.last_error: str | None = None
         self.failed_at: float | None = None
         self.step: str | None = None
@@ -137,7 +139,9 @@ class PluginSupervisor:
             delay = backoff(failures)
             self.restarts += 1
             RESTARTS.inc((self.spec.plugin_id, "local"))
-            logger.warning("%s: restarting in %.1f s: %s", self.spec.identifier, delay, outcome.message)
+            logger.warning(
+                "%s: restarting in %.1f s: %s", self.spec.identifier, delay, outcome.message, extra=self.log_ids
+            )
             self._set_state(InstanceState.RESTARTING)
             self.progress(f"restarting in {delay:.1f} s")
             await anyio.sleep(delay)
@@ -145,7 +149,7 @@ class PluginSupervisor:
     def _fail(self, message: str) -> None:
         self.last_error = message
         self.failed_at = time.monotonic()
-        logger.error("%s: launch failed: %s", self.spec.identifier, message)
+        logger.error("%s: launch failed: %s", self.spec.identifier, message, extra=self.log_ids)
         self._set_state(InstanceState.FAILED)
 
     async def _instance(self) -> Outcome:
@@ -159,7 +163,7 @@ class PluginSupervisor:
                 except EnvironmentBuildError as exc:
                     return Outcome(False, str(exc))
                 except Exception as exc:  # an unexpected failure must not leave callers waiting
-                    logger.exception("%s: preparing the environment failed", spec.identifier)
+                    logger.exception("%s: preparing the environment failed", spec.identifier, extra=self.log_ids)
                     return Outcome(False, f"preparing the environment failed: {type(exc).__name__}: {exc}")
                 entrypoint = str(((spec.declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
                 process = PluginProcess(

@@ -24,10 +24,17 @@ from tests.support.namespaced_daemon import NamespacedDaemon, descendants, names
 pytestmark = pytest.mark.slow
 
 TENANT = "tenant-pid1"
+TINI = ("/usr/bin/tini", "-g", "--")
 
 
-def test_serve_as_pid_1_runs_the_daemon_as_a_child_and_plugins_answer(tmp_path: Path, inner_api: DifyInnerAPI) -> None:
+@pytest.mark.parametrize("init", [(), TINI], ids=["serve-is-pid-1", "under-tini"])
+def test_serve_as_pid_1_runs_the_daemon_as_a_child_and_plugins_answer(
+    tmp_path: Path, inner_api: DifyInnerAPI, init: tuple[str, ...]
+) -> None:
+    """As PID 1 itself, or under tini as the image runs it (docker/Dockerfile's ENTRYPOINT)."""
     require_unshare()
+    if init and not Path(init[0]).exists():
+        pytest.skip(f"{init[0]} is not installed (apt-get install tini)")
     environ = {
         "SERVER_HOST": "127.0.0.1",
         "SERVER_PORT": str(free_port()),
@@ -39,7 +46,7 @@ def test_serve_as_pid_1_runs_the_daemon_as_a_child_and_plugins_answer(tmp_path: 
         "DIFY_INNER_API_KEY": "inner-key",
         "FORCE_VERIFYING_SIGNATURE": "false",  # echo_tool is a local, unsigned build
     }
-    daemon = NamespacedDaemon(environ, tmp_path / "daemon.log", tmp_path).start()
+    daemon = NamespacedDaemon(environ, tmp_path / "daemon.log", tmp_path, init=init).start()
     try:
         with httpx.Client(base_url=daemon.url, headers={"X-Api-Key": TEST_KEY}, timeout=120) as client:
             identifier = envelope(upload(client, build_package(PLUGINS / "echo_tool"), TENANT))["unique_identifier"]
