@@ -14,9 +14,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugin_daemon.api.envelope import JSONResponse, failure, sse_failure, success
+from plugin_daemon.api.middleware import BodyTooLarge
 from plugin_daemon.api.requests import check_tenant, parse_json_object
 from plugin_daemon.dispatch import Access, open_session, relay_session, start_session
-from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound
+from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound, internal_error
 from plugin_daemon.manager import parse_identifier
 
 log = logging.getLogger(__name__)
@@ -177,11 +178,16 @@ class DispatchEndpoint:
         except ClientDisconnect:
             log.debug("the caller of %s left before sending its whole request", scope["path"])
             return
-        except DaemonError as exc:
-            if exc.http_status != 200 or not access.streaming:
-                response = failure(exc)
+        except BodyTooLarge:
+            raise  # answered 413 by the body-size middleware
+        except Exception as exc:  # a DaemonError, or a fault inside the daemon (its database gone, say)
+            error = exc if isinstance(exc, DaemonError) else internal_error(exc)
+            if error is not exc:
+                log.exception("%s failed before the plugin was called", scope["path"])
+            if error.http_status != 200 or not access.streaming:
+                response = failure(error)
             else:
-                response = Response(sse_failure(exc), media_type="text/event-stream")
+                response = Response(sse_failure(error), media_type="text/event-stream")
         if response is not None:
             await response(scope, receive, send)
             return

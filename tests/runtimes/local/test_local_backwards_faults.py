@@ -1,5 +1,6 @@
-"""A fault inside the daemon while it answers a plugin's backwards call: the plugin still gets an
-answer (an error) at once, never silence until PLUGIN_MAX_EXECUTION_TIMEOUT."""
+"""A fault inside the daemon (its database gone away) while it answers a plugin's backwards call, or
+before it calls the plugin: an error at once in Dify's envelope, without SQL; never silence until
+PLUGIN_MAX_EXECUTION_TIMEOUT."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.support.dify_inner_api import DifyInnerAPI
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 TENANT = "6f1c2b1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"  # PostgreSQL keeps tenant ids as UUIDs
+OTHER_TENANT = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
 def set_connections_allowed(database: str, allowed: bool) -> None:
@@ -50,6 +52,8 @@ def test_storage_on_a_database_gone_away_answers_the_plugin_with_an_error(tmp_pa
                 began = time.monotonic()
                 events = call_tool(target, "storage", {"op": "set", "key": "k", "value": "w"})
                 took = time.monotonic() - began
+                # a call whose installation must be read from the database: Dify's envelope, no SQL
+                unknown = call_tool(Target(server.client, OTHER_TENANT), "echo", {"text": "x"})
             finally:
                 set_connections_allowed(database, True)
             assert took < 15, f"the plugin waited {took:.1f} s for its storage answer"
@@ -58,5 +62,7 @@ def test_storage_on_a_database_gone_away_answers_the_plugin_with_an_error(tmp_pa
             assert error["message"], error
             for leak in ("SELECT", "INSERT", "UPDATE", "Traceback", "postgres"):
                 assert leak not in text_of_error, error
+            assert len(unknown) == 1 and unknown[0]["code"] == -500 and unknown[0]["data"] is None, unknown
+            assert json.loads(unknown[0]["message"])["message"].startswith("internal error (OperationalError)")
             # the database is back: storage works again
             assert items_of(call_tool(target, "storage", {"op": "set", "key": "k", "value": "x"}))
