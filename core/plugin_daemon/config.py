@@ -7,6 +7,7 @@ current directory, then from the defaults below.
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -231,6 +232,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _go_rules(self) -> Settings:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):  # Go falls back to the lowercase names
+            if not getattr(self, name) and os.environ.get(name.lower()):
+                object.__setattr__(self, name, os.environ[name.lower()])
         if self.PLUGIN_STDIO_MAX_BUFFER_SIZE not in (5 * MiB, 0):  # Go's GetLocalRuntimeMaxBufferSize
             object.__setattr__(self, "PLUGIN_RUNTIME_MAX_BUFFER_SIZE", self.PLUGIN_STDIO_MAX_BUFFER_SIZE)
         for name in ("PLUGIN_INSTALLED_PATH", "PLUGIN_PACKAGE_CACHE_PATH", "PLUGIN_MEDIA_CACHE_PATH"):

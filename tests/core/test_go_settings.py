@@ -83,6 +83,14 @@ def test_go_s_defaults_and_legacy_names() -> None:
     )
 
 
+def test_proxies_fall_back_to_the_lowercase_names_as_in_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")
+    monkeypatch.setenv("no_proxy", "localhost")
+    monkeypatch.setenv("NO_PROXY", "api")
+    settings = load_settings(_env_file=None)
+    assert (settings.HTTPS_PROXY, settings.NO_PROXY, settings.HTTP_PROXY) == ("http://proxy.internal:3128", "api", "")
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
