@@ -211,7 +211,9 @@ UNSUPPORTED: dict[str, Unsupported] = {
     ),
     "DISPLAY_CLUSTER_LOG": _CLUSTER,
     "DIFY_INVOCATION_CONNECTION_IDLE_TIMEOUT": Unsupported(
-        "connections to Dify's inner API use the HTTP client's keep-alive default", harmless=_OFF | {"120"}
+        "Go reads it but never uses it (its client to Dify keeps idle connections 120 s, fixed); this "
+        "daemon's client keeps httpx's default",
+        harmless=_OFF | {"120"},
     ),
     "PYTHON_COMPILE_ALL_EXTRA_ARGS": Unsupported("plugin code is not precompiled with compileall"),
     **dict.fromkeys(

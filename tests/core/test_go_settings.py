@@ -24,10 +24,17 @@ def test_every_go_setting_is_honoured_or_listed_as_unsupported() -> None:
     assert set(UNSUPPORTED) <= set(GO_SETTING_NAMES)
 
 
+UNSUPPORTED_SECTION = README[README.index("### Go settings this daemon does not read") :].split("\n## ")[0]
+
+
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
 def test_every_unsupported_go_setting_is_in_the_readme_with_its_reason(name: str) -> None:
-    section = README[README.index("### Go settings this daemon does not read") :]
-    assert re.search(rf"`{name}`", section), f"README's unsupported Go settings lack {name}"
+    assert re.search(rf"`{name}`", UNSUPPORTED_SECTION), f"README's unsupported Go settings lack {name}"
+
+
+def test_the_readme_lists_no_honoured_setting_as_unsupported() -> None:
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", UNSUPPORTED_SECTION))
+    assert listed <= set(UNSUPPORTED), sorted(listed - set(UNSUPPORTED))
 
 
 def test_the_storage_root_holds_go_s_paths(tmp_path: Path) -> None:
