@@ -204,7 +204,7 @@ async def metrics_route(request: Request) -> Response:
     return Response(render(request.app.state.daemon), media_type=CONTENT_TYPE)
 
 
-_TEMPLATES: dict[int, str] = {}
+_TEMPLATES: dict[str, str] = {}  # route pattern -> Go's form, one entry per route of the app
 _CATCH_ALL = re.compile(r"\{(\w+):path\}")
 _PARAMETER = re.compile(r"\{(\w+)(?::\w+)?\}")
 
@@ -214,10 +214,10 @@ def route_template(scope: Scope) -> str:
     no route matched."""
     route = scope.get("route")
     if route is not None:
-        template = _TEMPLATES.get(id(route))
+        pattern: str = getattr(route, "path", "")
+        template = _TEMPLATES.get(pattern)
         if template is None:  # once per route
-            path = getattr(route, "path", "")
-            template = _TEMPLATES[id(route)] = _PARAMETER.sub(r":\1", _CATCH_ALL.sub(r"*\1", path))
+            template = _TEMPLATES[pattern] = _PARAMETER.sub(r":\1", _CATCH_ALL.sub(r"*\1", pattern))
         return template
     path = scope["path"]
     params = scope.get("path_params")
