@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,6 +108,10 @@ def test_the_daemon_drops_into_dify_s_compose(tmp_path: Path, postgres_url: str,
             for text in ("one", "two"):
                 assert items_of(call_tool(target, "echo", {"text": text}))[0]["message"]["text"] == text
             assert items_of(call_tool(target, "storage", {"op": "set", "key": "kept", "value": "across restarts"}))
+            # the debug runtime is part of serve: Dify's console gets a debugging key, the port listens
+            key = envelope(client.post(f"/plugin/{TENANT}/debugging/key"))["key"]
+            assert key and envelope(client.post(f"/plugin/{TENANT}/debugging/key"))["key"] == key
+            socket.create_connection(("127.0.0.1", int(environ["PLUGIN_REMOTE_INSTALLING_PORT"])), timeout=5).close()
             scraped = httpx.get(f"{daemon.url}/metrics").text
     finally:
         daemon.stop()
