@@ -30,6 +30,13 @@ PUBLIC_DEFAULT_KEYS = frozenset(
 )
 
 MiB = 1024 * 1024
+#: Go's storage keys: folders inside the storage root, whatever their value
+STORAGE_KEYS = (
+    "PLUGIN_INSTALLED_PATH",
+    "PLUGIN_PACKAGE_CACHE_PATH",
+    "PLUGIN_MEDIA_CACHE_PATH",
+    "PERSISTENCE_STORAGE_PATH",
+)
 
 
 class Settings(BaseSettings):
@@ -237,11 +244,9 @@ class Settings(BaseSettings):
                 object.__setattr__(self, name, os.environ[name.lower()])
         if self.PLUGIN_STDIO_MAX_BUFFER_SIZE not in (5 * MiB, 0):  # Go's GetLocalRuntimeMaxBufferSize
             object.__setattr__(self, "PLUGIN_RUNTIME_MAX_BUFFER_SIZE", self.PLUGIN_STDIO_MAX_BUFFER_SIZE)
-        for name in ("PLUGIN_INSTALLED_PATH", "PLUGIN_PACKAGE_CACHE_PATH", "PLUGIN_MEDIA_CACHE_PATH"):
+        for name in STORAGE_KEYS:
             if not self._storage_key(getattr(self, name)).is_relative_to(self.home):
                 raise ValueError(f"{name} must stay inside the storage root {self.home}")
-        if not self._storage_key(self.PERSISTENCE_STORAGE_PATH).is_relative_to(self.home):
-            raise ValueError(f"PERSISTENCE_STORAGE_PATH must stay inside the storage root {self.home}")
         return self
 
     @field_validator("SERVER_KEY")
