@@ -12,12 +12,12 @@ from rich.table import Table
 
 from plugin_daemon import __version__
 from plugin_daemon.config import Settings, SettingsError, load_settings
+from plugin_daemon.hardening import KEY_FILE
 from plugin_daemon.plugins import load_extensions
 from plugin_daemon.signature_cli import signature
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("plugin_daemon")
-KEY_FILE = "server_key"
 
 
 def resolve_server_key(settings: Settings) -> None:
@@ -86,12 +86,15 @@ def serve(host: str | None, port: int | None) -> None:
     from plugin_daemon.connection_limits import http_limits, raise_open_file_limit
     from plugin_daemon.daemon import Daemon
     from plugin_daemon.go_settings import warnings_for
+    from plugin_daemon.hardening import harden_process
     from plugin_daemon.logs import configure_logging
     from plugin_daemon.shutdown import serve_until_stopped
     from plugin_daemon.store.database import SchemaError
 
     settings = load_settings()
+    hardened = harden_process(settings)  # first: the umask covers the log file too
     configure_logging(settings.LOG_LEVEL, settings.LOG_OUTPUT_FORMAT, settings.LOG_FILE)
+    log.info("%s", hardened)
     for warning in warnings_for():
         log.warning(warning)
     try:

@@ -192,6 +192,19 @@ class Settings(BaseSettings):
     MAX_SERVERLESS_TRANSACTION_BYTES: int = 6 * MiB
     MAX_SERVERLESS_TRANSACTION_TIMEOUT: int = 300
 
+    # --- plugin isolation (issue 13: what a local plugin process may reach) ------------
+    #: auto: confine plugins with what the kernel offers; required: refuse to start one without complete
+    #: isolation; off: confine nothing
+    PLUGIN_ISOLATION: Literal["auto", "required", "off"] = "auto"
+    #: uids (and gids) given to plugins, one per plugin id, when the daemon runs as root: "first-last"
+    PLUGIN_ISOLATION_UID_RANGE: str = "100000-165535"
+    #: more folders plugins may read, comma-separated (a shared model cache, say)
+    PLUGIN_ISOLATION_READ_PATHS: str = ""
+    #: index options and remote sources inside a package: "local" refuses them, "any" follows them (as Go)
+    PLUGIN_PACKAGE_INDEX_OPTIONS: Literal["local", "any"] = "local"
+    #: make the daemon non-dumpable so that processes of its uid cannot read its /proc entries or ptrace it
+    DAEMON_NON_DUMPABLE: bool = True
+
     # --- HTTP connection limits and shutdown (names after Go's http.Server fields) --------
     #: seconds a client has to send a request's headers, from its first byte (or from the connection)
     SERVER_READ_HEADER_TIMEOUT: float = 10.0

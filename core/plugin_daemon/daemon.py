@@ -14,6 +14,7 @@ from plugin_daemon.backwards.storage import place_value
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
 from plugin_daemon.endpoints import EndpointService
+from plugin_daemon.hardening import secure_data_folder
 from plugin_daemon.installer import Installer
 from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
@@ -47,6 +48,7 @@ class Daemon:
             ),
             storage_writer=functools.partial(place_value, settings.persistence_path),
         )
+        secure_data_folder(settings)  # after the database exists: its file is tightened too
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)
         #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)

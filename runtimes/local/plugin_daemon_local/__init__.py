@@ -9,6 +9,9 @@ Modules, one job each:
 - ``commands``: run an install command under inactivity and hard deadlines;
 - ``envvars``: the allow-listed environments of plugins and of uv;
 - ``spawning``: start children in their own process group, dying with the daemon;
+- ``sandbox``: what a plugin process or a dependency install may reach (a uid per plugin as root,
+  Landlock rules, scratch folders), and the log line saying which isolation is in force;
+- ``landlock``: the Landlock system calls;
 - ``process``: one plugin process (pipes, exit; sessions are routed by the core's
   ``plugin_daemon.protocol.router``);
 - ``stray_output``: what a plugin writes on stdout outside the protocol (tail, logged in bursts);

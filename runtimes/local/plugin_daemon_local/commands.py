@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from .sandbox import Confinement
 from .spawning import ReaderStream, signal_group, spawn
 
 #: Bytes of output kept per command.
@@ -63,9 +64,14 @@ async def run_watched(
     inactivity_timeout: float,
     hard_timeout: float,
     on_output: Callable[[], None] | None = None,
+    confinement: Confinement | None = None,
 ) -> CommandResult:
     """Run ``argv`` (stdout and stderr merged) and return its exit code and output tail."""
-    process = await spawn(argv, cwd=cwd, env=env, merge_stderr=True)
+    try:
+        process = await spawn(argv, cwd=cwd, env=env, merge_stderr=True, confinement=confinement)
+    finally:
+        if confinement is not None:
+            confinement.close()
     assert process.stdout is not None
     tail = OutputTail(OUTPUT_KEEP)
     last_output = time.monotonic()

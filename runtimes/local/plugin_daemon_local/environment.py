@@ -36,6 +36,7 @@ from .commands import CommandResult, run_watched
 from .envvars import uv_environment
 from .interpreters import InterpreterFinder, probe
 from .python_choice import NoSuitablePython, PythonChoice, choose_python
+from .sandbox import Confinement, IsolationUnavailable, Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,11 @@ def _summary(result: CommandResult) -> str:
 class EnvironmentBuilder:
     """Prepares working folders and venvs; one instance per runtime."""
 
-    def __init__(self, settings: Settings, finder: InterpreterFinder | None = None) -> None:
+    def __init__(
+        self, settings: Settings, finder: InterpreterFinder | None = None, sandbox: Sandbox | None = None
+    ) -> None:
         self.settings = settings
+        self.sandbox = sandbox or Sandbox(settings)
         self.working_path = settings.working_path
         self.cache_dir = self.working_path / ".uv-cache"
         self._uv: str | None = None
@@ -205,6 +209,7 @@ class EnvironmentBuilder:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(layout.venv, ignore_errors=True))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         env = uv_environment(self.settings, layout.venv, self.cache_dir)
+        self.sandbox.trust_interpreter(interpreter.path)
         await self._uv_step(
             spec,
             layout,
@@ -279,6 +284,7 @@ class EnvironmentBuilder:
             env=env,
             inactivity_timeout=settings.PYTHON_ENV_INIT_TIMEOUT,
             hard_timeout=settings.PYTHON_ENV_INIT_HARD_TIMEOUT,
+            confinement=self._confine_install(layout),
         )
         if result.killed == "inactive":
             raise EnvironmentBuildError(
@@ -295,6 +301,12 @@ class EnvironmentBuilder:
                 f"{what} for {spec.identifier} failed (uv exited with code {result.returncode}):\n{_summary(result)}"
             )
 
+    def _confine_install(self, layout: PluginLayout) -> Confinement:
+        try:
+            return self.sandbox.confine_install(layout.workdir, self.cache_dir, self.uv)
+        except (IsolationUnavailable, OSError) as exc:
+            raise EnvironmentBuildError(f"cannot isolate the install: {exc}") from exc
+
     async def _warm_up(self, spec: PluginSpec, layout: PluginLayout) -> None:
         """Import the SDK once so its bytecode is compiled before the first, timed, start."""
         result = await run_watched(
@@ -303,6 +315,7 @@ class EnvironmentBuilder:
             env={"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/")},
             inactivity_timeout=WARMUP_TIMEOUT,
             hard_timeout=WARMUP_TIMEOUT,
+            confinement=self._confine_install(layout),
         )
         if result.returncode != 0:
             logger.warning(

@@ -3,9 +3,10 @@
 One task reads stdout and hands every line to a :class:`~plugin_daemon.protocol.router.SessionRouter`
 synchronously (no task per request or per frame); the lines that are not protocol frames go to
 a :class:`~plugin_daemon_local.stray_output.StrayOutput` (bounded tail, logged in bursts);
-one task reads stderr into the log and a bounded tail; the exit watcher fails every session in
-flight at once when the process goes, with the exit code and both tails, or with the
-reason the runtime gave when it killed the process on purpose.
+one task reads stderr into the log and a bounded tail, within budgets (a plugin that floods
+stderr is slowed down, and its flood is not logged, so that it costs the others nothing); the
+exit watcher fails every session in flight at once when the process goes, with the exit code
+and both tails, or with the reason the runtime gave when it killed the process on purpose.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from plugin_daemon.protocol.router import SessionRouter
 from plugin_daemon.runtime import PluginSpec, PluginUnavailable
 
 from .commands import OutputTail
+from .sandbox import Confinement
 from .spawning import ReaderStream, signal_group, spawn
 from .stray_output import StrayOutput
 
@@ -32,6 +34,13 @@ from .stray_output import StrayOutput
 STDERR_TAIL_BYTES = 4096
 #: Longest stderr line logged (a longer one is cut).
 STDERR_LINE_MAX = 8192
+#: stderr read per plugin: bytes per second, and the burst allowed above it. Past that, reading
+#: pauses and the plugin's own writes to stderr block.
+STDERR_READ_RATE = 1024 * 1024
+STDERR_READ_BURST = 4 * 1024 * 1024
+#: stderr logged per plugin: bytes per second, and the burst; the rest is counted, not logged.
+STDERR_LOG_RATE = 16 * 1024
+STDERR_LOG_BURST = 256 * 1024
 #: After the process exits, how long its pipes may still be drained.
 DRAIN_GRACE = 1.0
 #: Deadline on a blocked write to the plugin's stdin (the plugin is not reading).
@@ -52,11 +61,50 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+class ByteBudget:
+    """A token bucket of bytes: ``rate`` per second, at most ``burst`` saved up."""
+
+    __slots__ = ("available", "burst", "rate", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = self.available = burst
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.available = min(self.burst, self.available + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def spend(self, size: int) -> float:
+        """Spend ``size`` bytes (going into debt if needed); the seconds until the debt is paid."""
+        self._refill()
+        self.available -= size
+        return -self.available / self.rate if self.available < 0 else 0.0
+
+    def try_spend(self, size: int) -> bool:
+        """Spend ``size`` bytes only if they are there."""
+        self._refill()
+        if self.available < size:
+            return False
+        self.available -= size
+        return True
+
+
 class PluginProcess:
     """A running ``python -m <entrypoint>`` of one plugin."""
 
-    def __init__(self, spec: PluginSpec, argv: list[str], cwd: Path, env: dict[str, str], settings: Settings) -> None:
+    def __init__(
+        self,
+        spec: PluginSpec,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        settings: Settings,
+        confinement: Confinement | None = None,
+    ) -> None:
         self.spec = spec
+        self.confinement = confinement
         self.argv = argv
         self.cwd = cwd
         self.env = env
@@ -72,6 +120,10 @@ class PluginProcess:
             on_unreadable=self.stray_stdout.add,
         )
         self.stderr_tail = OutputTail(STDERR_TAIL_BYTES)
+        self._read_budget = ByteBudget(STDERR_READ_RATE, STDERR_READ_BURST)
+        self._log_budget = ByteBudget(STDERR_LOG_RATE, STDERR_LOG_BURST)
+        #: stderr bytes read but not logged (over the log budget) since the last report of them
+        self.stderr_unlogged = 0
         self.pid: int | None = None
         self.started_at = 0.0
         self.ready_at: float | None = None
@@ -91,7 +143,11 @@ class PluginProcess:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._process = await spawn(self.argv, cwd=self.cwd, env=self.env, stdin=True)
+        try:
+            self._process = await spawn(self.argv, cwd=self.cwd, env=self.env, stdin=True, confinement=self.confinement)
+        finally:
+            if self.confinement is not None:
+                self.confinement.close()
         self.pid = self._process.pid
         self.started_at = self.last_activity = time.monotonic()
 
@@ -244,12 +300,27 @@ class PluginProcess:
                 if len(partial) > STDERR_LINE_MAX:
                     self._log_stderr(partial[:STDERR_LINE_MAX])
                     partial = b""
+                pause = self._read_budget.spend(len(chunk))
+                if pause:
+                    await anyio.sleep(pause)
             if partial:
                 self._log_stderr(partial[:STDERR_LINE_MAX])
+            if self.stderr_unlogged:
+                self._log_stderr(b"")
         finally:
             self._stderr_done.set()
 
     def _log_stderr(self, lines: bytes) -> None:
+        if lines and not self._log_budget.try_spend(len(lines)):
+            self.stderr_unlogged += len(lines)
+            return
+        if self.stderr_unlogged:
+            self.logger.warning(
+                "%d bytes of stderr were not logged (over %d KiB/s; the tail is kept)",
+                self.stderr_unlogged,
+                STDERR_LOG_RATE // 1024,
+            )
+            self.stderr_unlogged = 0
         text = lines.decode("utf-8", "replace").strip("\n").rstrip()
         if text.strip():
             self.logger.warning("%s", text)

@@ -25,6 +25,7 @@ from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, 
 from .environment import EnvironmentBuilder
 from .envvars import extra_plugin_environment
 from .memory import MiB, tree_rss
+from .sandbox import Sandbox
 from .supervisor import PluginSupervisor
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class LocalRuntime(Runtime):
             logger.info(
                 "plugins get these extra variables (PLUGIN_EXTRA_ENV): %s", ", ".join(self.extra_env) or "none set"
             )
-        self.builder = EnvironmentBuilder(settings)
+        self.sandbox = Sandbox(settings)
+        self.builder = EnvironmentBuilder(settings, sandbox=self.sandbox)
         self.launch_limiter = anyio.Semaphore(max(1, settings.PLUGIN_LOCAL_LAUNCHING_CONCURRENT))
         self._supervisors: dict[str, PluginSupervisor] = {}
         self._group: TaskGroup | None = None
@@ -64,6 +66,9 @@ class LocalRuntime(Runtime):
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as group:
             self._group = group
+            self.sandbox.log_state()
+            if self.sandbox.mode != "off":
+                await anyio.to_thread.run_sync(self.sandbox.tighten)
             group.start_soon(self._watchdog)
             task_status.started()
             try:

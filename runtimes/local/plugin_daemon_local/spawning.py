@@ -28,6 +28,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream
 
+from .sandbox import Confinement, prepare_child
+
 #: StreamReader buffer limit; reading pauses above twice this (back-pressure on the child).
 STREAM_LIMIT = 1024 * 1024
 
@@ -53,9 +55,17 @@ async def spawn(
     env: Mapping[str, str],
     stdin: bool = False,
     merge_stderr: bool = False,
+    confinement: Confinement | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session, with pipes for stdout/stderr (and stdin if asked)."""
-    preexec = functools.partial(_die_with_parent, os.getpid()) if _libc is not None else None
+    """Start ``argv`` in its own session, with pipes for stdout/stderr (and stdin if asked).
+
+    A ``confinement`` (see ``sandbox``) gives the child its uid, gid, umask, extra environment and
+    Landlock rules; it is enforced between fork and exec, after the parent-death signal is set.
+    """
+    die = functools.partial(_die_with_parent, os.getpid()) if _libc is not None else None
+    if confinement is not None:
+        env = {**env, **confinement.env}
+    preexec = prepare_child(confinement, die) if confinement is not None else die
     return await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,

@@ -10,6 +10,7 @@ between. Restarts wait 0.5 s, doubling up to 30 s.
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from plugin_daemon.runtime import InstanceState, PluginSpec
 from .environment import EnvironmentBuildError
 from .envvars import plugin_environment
 from .process import PluginProcess, describe_exit
+from .sandbox import IsolationUnavailable
 
 if TYPE_CHECKING:
     from .runtime import LocalRuntime
@@ -166,17 +168,24 @@ class PluginSupervisor:
                     logger.exception("%s: preparing the environment failed", spec.identifier, extra=self.log_ids)
                     return Outcome(False, f"preparing the environment failed: {type(exc).__name__}: {exc}")
                 entrypoint = str(((spec.declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
+                try:
+                    confinement = await anyio.to_thread.run_sync(
+                        runtime.sandbox.confine_plugin, spec.plugin_id, layout.workdir, layout.venv
+                    )
+                except (IsolationUnavailable, OSError) as exc:
+                    return Outcome(False, f"cannot isolate plugin {spec.plugin_id}: {exc}")
                 process = PluginProcess(
                     spec,
                     [str(layout.python), "-m", entrypoint],
                     layout.workdir,
                     plugin_environment(runtime.settings, layout.venv, runtime.extra_env),
                     runtime.settings,
+                    confinement,
                 )
                 self.progress("starting plugin process")
                 try:
                     await process.start()
-                except OSError as exc:
+                except (OSError, subprocess.SubprocessError) as exc:
                     return Outcome(False, f"cannot start plugin {spec.plugin_id}: {exc}")
                 self.current = process
                 process.on_exit = self._on_exit

@@ -1,7 +1,8 @@
 """The exact lines the daemon writes on a plugin's stdin (protocol.md §1.3 and §1.4).
 
-The plugin is echo_tool with a ``main.py`` that copies its stdin into ``stdin.log`` before the
-SDK reads it, so the test reads the bytes the plugin really received.
+The plugin is echo_tool with a ``main.py`` that copies its stdin into ``stdin.log`` (in its HOME,
+the scratch it may write) before the SDK reads it, so the test reads the bytes the plugin really
+received.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 _read, _write = os.pipe()
 if os.fork() == 0:
     os.close(_read)
-    with open("stdin.log", "ab", buffering=0) as log:
+    with open(os.path.join(os.environ["HOME"], "stdin.log"), "ab", buffering=0) as log:
         while data := os.read(0, 65536):
             log.write(data)
             os.write(_write, data)
@@ -75,7 +76,7 @@ def test_request_and_backwards_response_lines_are_exact(tmp_path: Path, tee_plug
             author, rest = identifier.split("/", 1)
             name, version_checksum = rest.split(":", 1)
             version, checksum = version_checksum.split("@")
-            log = settings.working_path / author / f"{name}-{version}@{checksum}" / "stdin.log"
+            log = settings.working_path / ".scratch" / author / f"{name}-{version}@{checksum}" / "home" / "stdin.log"
             already = log.stat().st_size if log.exists() else 0  # the working folder outlives test runs
             target = Target(server.client, TENANT)
             items = items_of(
