@@ -491,13 +491,19 @@ def chunk_lag(daemon_runs: list[StreamRun], direct_runs: list[StreamRun]) -> flo
     return max(lags)
 
 
-async def measure_warm_start(spec_of: Callable[[], Any], working_path: Path, home: Path, starts: int) -> list[float]:
+async def measure_warm_start(
+    spec_of: Callable[[], Any], working_path: Path, home: Path, starts: int, **settings_overrides: Any
+) -> list[float]:
     """Launch to ready of an installed plugin whose venv is built, through the local runtime's own code."""
     from plugin_daemon.config import Settings
     from plugin_daemon_local.runtime import LocalRuntime
 
     settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, PLUGIN_DAEMON_HOME=home, PLUGIN_WORKING_PATH=working_path, PLUGIN_READY_TIMEOUT=60.0
+        _env_file=None,
+        PLUGIN_DAEMON_HOME=home,
+        PLUGIN_WORKING_PATH=working_path,
+        PLUGIN_READY_TIMEOUT=60.0,
+        **settings_overrides,
     )
     spec = spec_of()
     times = []
@@ -507,6 +513,88 @@ async def measure_warm_start(spec_of: Callable[[], Any], working_path: Path, hom
             await runtime.ensure_ready(spec, timeout=60)
             times.append(time.perf_counter() - began)
     return times
+
+
+#: The isolation phase's working path: where plugins under uids of their own can reach their code.
+ISOLATION_WORK = Path(tempfile.gettempdir()) / "plugin-daemon-bench-isolation" / "cwd"
+#: A Python every uid can run (one under /root is not), for the plugins of the isolation phase.
+SHARED_PYTHON = "/usr/bin/python3.11"
+
+
+async def measure_isolation(
+    package: bytes, scratch: Path, tool: str, durations: Durations, report: Report
+) -> dict[str, dict[str, float]]:
+    """echo_tool with PLUGIN_ISOLATION off and auto: warm start, p50 at 1 caller, throughput at 64."""
+    for folder in (ISOLATION_WORK.parent, ISOLATION_WORK):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o711)
+    settings: dict[str, str] = {"PYTHON_INTERPRETER_PATH": SHARED_PYTHON} if os.access(SHARED_PYTHON, os.X_OK) else {}
+    figures: dict[str, dict[str, float]] = {}
+    for mode in ("off", "auto", "off", "auto"):  # alternated: a noisy machine hits both alike
+        home = scratch / f"isolation-{mode}"
+        env = {"PLUGIN_ISOLATION": mode, "LOG_LEVEL": "INFO", **settings}
+        daemon = DaemonProcess(home, ISOLATION_WORK, env=env).start()
+        try:
+            await daemon.wait_http()
+            async with daemon.client(timeout=900) as client:
+                await install(client, [await upload(client, package)])
+            target = echo_target(daemon)
+            latency = await http_load(target, 1, durations.latency, durations.warmup)
+            if tool == "wrk":
+                load = await asyncio.to_thread(run_wrk, target, connections=64, duration=durations.load)
+            else:
+                load = await http_load(target, 64, durations.load, durations.warmup)
+            if mode == "auto":
+                report.facts["isolation_in_force"] = next(
+                    (
+                        line.split("plugin isolation: ", 1)[1]
+                        for line in daemon.log_tail(20000).splitlines()
+                        if "plugin isolation: " in line
+                    ),
+                    "not logged",
+                )
+        finally:
+            daemon.stop()
+        starts = await measure_warm_start(
+            lambda: spec_of_package(package, scratch / "isolation-echo.difypkg"),
+            ISOLATION_WORK,
+            scratch / f"isolation-warm-{mode}",
+            durations.starts,
+            PLUGIN_ISOLATION=mode,
+            **settings,
+        )
+        best = figures.setdefault(mode, {"start": float("inf"), "p50": float("inf"), "rps": 0.0})
+        best["start"] = min(best["start"], statistics.median(starts))
+        best["p50"] = min(best["p50"], latency.percentile(0.5))
+        best["rps"] = max(best["rps"], load.throughput)
+    on, off = figures["auto"], figures["off"]
+    for name, key, unit, scale in (
+        ("warm plugin start to ready, isolation on vs off", "start", "ms", 1000.0),
+        ("echo p50, 1 caller, isolation on vs off", "p50", "ms", 1000.0),
+    ):
+        report.add(
+            Figure(
+                "isolation",
+                name,
+                unit,
+                daemon=on[key] * scale,
+                direct=off[key] * scale,
+                compared=(on[key] - off[key]) * scale,
+                compare="overhead",
+            )
+        )
+    report.add(
+        Figure(
+            "isolation",
+            "echo throughput, 64 callers, isolation on vs off",
+            "req/s",
+            daemon=on["rps"],
+            direct=off["rps"],
+            compared=on["rps"] / off["rps"] if off["rps"] else None,
+            compare="ratio",
+        )
+    )
+    return figures
 
 
 def sdk_import_times(python: Path, cwd: Path, count: int) -> list[float]:
@@ -690,6 +778,10 @@ async def run(args: argparse.Namespace) -> Report:
             )
         )
         report.facts["plugin_rss_mb"] = [round(v / 1e6, 1) for v in values]
+
+        if not args.skip_isolation:
+            console.print("[dim]isolation on vs off (echo_tool)[/dim]")
+            await measure_isolation(built["tester/echo_tool"], scratch, tool, durations, report)
 
         echo_folder = plugin_layout(working_path, identifiers["tester/echo_tool"])
         await _other_runtimes(
@@ -892,6 +984,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="shorter windows, one round (a smoke run)")
+    parser.add_argument("--skip-isolation", action="store_true", help="skip the isolation on vs off phase")
     parser.add_argument("--loadgen", choices=("auto", "python", "wrk"), default="auto", help="auto: wrk when installed")
     parser.add_argument(
         "--soak",

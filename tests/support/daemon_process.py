@@ -59,6 +59,7 @@ class DaemonProcess:
             "PLUGIN_READY_TIMEOUT": "60",
             "PLUGIN_REMOTE_INSTALLING_PORT": "0",  # a free port: a taken one stops the start
             "FORCE_VERIFYING_SIGNATURE": "false",  # the benchmark's plugins are unsigned
+            "DAEMON_NON_DUMPABLE": "false",  # the direct phases take the daemon's sockets (pidfd_getfd)
             **self.extra_env,
         }
         env.pop("VIRTUAL_ENV", None)

@@ -67,11 +67,7 @@ async def run_watched(
     confinement: Confinement | None = None,
 ) -> CommandResult:
     """Run ``argv`` (stdout and stderr merged) and return its exit code and output tail."""
-    try:
-        process = await spawn(argv, cwd=cwd, env=env, merge_stderr=True, confinement=confinement)
-    finally:
-        if confinement is not None:
-            confinement.close()
+    process = await spawn(argv, cwd=cwd, env=env, merge_stderr=True, confinement=confinement)
     assert process.stdout is not None
     tail = OutputTail(OUTPUT_KEEP)
     last_output = time.monotonic()

@@ -34,6 +34,7 @@ from plugin_daemon.runtime import PluginSpec
 
 from .commands import CommandResult, run_watched
 from .envvars import uv_environment
+from .install_sources import PackageSourceRefused, check_package_sources
 from .interpreters import InterpreterFinder, probe
 from .python_choice import NoSuitablePython, PythonChoice, choose_python
 from .sandbox import Confinement, IsolationUnavailable, Sandbox
@@ -206,10 +207,14 @@ class EnvironmentBuilder:
 
     async def _build(self, spec: PluginSpec, layout: PluginLayout, choice: PythonChoice) -> None:
         started = time.monotonic()
+        try:
+            check_package_sources(layout.workdir, self.settings.PLUGIN_PACKAGE_INDEX_OPTIONS)
+        except PackageSourceRefused as exc:
+            raise EnvironmentBuildError(f"the dependencies of {spec.identifier} were not installed: {exc}") from None
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(layout.venv, ignore_errors=True))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         env = uv_environment(self.settings, layout.venv, self.cache_dir)
-        self.sandbox.trust_interpreter(interpreter.path)
+        self.sandbox.trust_interpreter(choice.python_argument)
         await self._uv_step(
             spec,
             layout,

@@ -143,11 +143,7 @@ class PluginProcess:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self._process = await spawn(self.argv, cwd=self.cwd, env=self.env, stdin=True, confinement=self.confinement)
-        finally:
-            if self.confinement is not None:
-                self.confinement.close()
+        self._process = await spawn(self.argv, cwd=self.cwd, env=self.env, stdin=True, confinement=self.confinement)
         self.pid = self._process.pid
         self.started_at = self.last_activity = time.monotonic()
 

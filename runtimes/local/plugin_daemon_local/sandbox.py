@@ -372,6 +372,9 @@ class Sandbox:
                     ruleset.allow(folder, landlock.READ_ONLY)
                 self._allow_system(ruleset, workdir / ".venv")
                 ruleset.allow_all(self._interpreter_prefixes(), landlock.READ_ONLY)
+                if self.settings.UV_PYTHON_DOWNLOADS != "never":  # uv may download a managed Python there
+                    self._managed_pythons().mkdir(parents=True, exist_ok=True)
+                    ruleset.allow(self._managed_pythons(), landlock.READ_WRITE)
             except BaseException:
                 ruleset.close()
                 raise
@@ -386,17 +389,22 @@ class Sandbox:
             folders.append(Path(os.environ["NETRC"]))
         return folders
 
-    def trust_interpreter(self, path: str) -> None:
-        """Installs may read the installation of this interpreter (a venv is about to be built on it)."""
-        self.interpreters.add(Path(path).resolve().parent.parent)
+    def trust_interpreter(self, python: str) -> None:
+        """Installs may read the installation of this interpreter (a venv is about to be built on it);
+        ``python`` is a path, or a request uv answers with a managed Python (see ``_managed_pythons``)."""
+        if os.path.isabs(python):
+            self.interpreters.add(Path(python).resolve().parent.parent)
+
+    def _managed_pythons(self) -> Path:
+        data = os.environ.get("XDG_DATA_HOME") or Path(os.environ.get("HOME", "/nonexistent")) / ".local/share"
+        return Path(data) / "uv" / "python"
 
     def _interpreter_prefixes(self) -> list[Path]:
         """The interpreters venvs are built on, ``PYTHON_INTERPRETER_PATH`` and uv-managed ones."""
         prefixes: list[Path] = list(self.interpreters)
         if self.settings.PYTHON_INTERPRETER_PATH:
             prefixes.append(Path(self.settings.PYTHON_INTERPRETER_PATH).resolve().parent.parent)
-        data = Path(os.environ.get("XDG_DATA_HOME") or Path(os.environ.get("HOME", "/nonexistent")) / ".local/share")
-        prefixes.append(data / "uv" / "python")
+        prefixes.append(self._managed_pythons())
         prefixes.append(Path(sys.base_prefix))
         return prefixes
 

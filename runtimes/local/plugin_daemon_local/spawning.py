@@ -60,23 +60,27 @@ async def spawn(
     """Start ``argv`` in its own session, with pipes for stdout/stderr (and stdin if asked).
 
     A ``confinement`` (see ``sandbox``) gives the child its uid, gid, umask, extra environment and
-    Landlock rules; it is enforced between fork and exec, after the parent-death signal is set.
+    Landlock rules; it is enforced between fork and exec, and closed once the child is started.
     """
     die = functools.partial(_die_with_parent, os.getpid()) if _libc is not None else None
     if confinement is not None:
         env = {**env, **confinement.env}
     preexec = prepare_child(confinement, die) if confinement is not None else die
-    return await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=preexec,
-        limit=STREAM_LIMIT,
-    )
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=preexec,
+            limit=STREAM_LIMIT,
+        )
+    finally:
+        if confinement is not None:
+            confinement.close()
 
 
 def signal_group(pid: int, sig: int) -> bool:

@@ -14,10 +14,13 @@ import json
 import os
 import pwd
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +131,8 @@ def serving(mode: str) -> Iterator[World]:
         "SERVER_PORT": str(port),
         "PLATFORM": "local",
         "PLUGIN_ISOLATION": "required",
+        "FORCE_VERIFYING_SIGNATURE": "false",
+        "PLUGIN_REMOTE_INSTALLING_PORT": "0",  # a free port: a taken one stops the start
         "PYTHON_INTERPRETER_PATH": SHARED_PYTHON,
         "PLUGIN_READY_TIMEOUT": "60",
         "DB_PASSWORD": "db-secret",
@@ -203,9 +208,9 @@ def test_every_attack_fails(world: World) -> None:
     victim = next((world.working_path / "tester").glob("echo_tool-*"))
     hostile = next((world.working_path / "tester").glob("hostile_tool-*"))
     victim_scratch = world.working_path / ".scratch" / "tester" / victim.name
-    # the victim tenant's storage: in the database today; files under the storage root where they are kept
     database = world.home / "plugin_daemon.db"
-    storage = [path for path in files_under(world.home) if path.parent != world.home and "storage" in str(path)]
+    storage = files_under(world.home / "persistence")  # the victim tenant's storage file, as Go keeps it
+    assert storage
     targets = {
         "read": [
             f"/proc/{world.pid}/environ",
@@ -252,9 +257,28 @@ def test_data_folder_and_process_are_hardened(world: World) -> None:
     assert home_mode in (0o700, 0o711)
     assert (world.home / "plugin_daemon.db").stat().st_mode & 0o777 == 0o600
     assert (world.home / "server_key").stat().st_mode & 0o777 == 0o600
-    for folder in ("packages", "persistence", "assets"):
+    for folder in ("plugin", "plugin_packages", "assets", "persistence"):
         assert (world.home / folder).stat().st_mode & 0o777 == 0o700
     limits = Path(f"/proc/{world.pid}/limits").read_text().splitlines()
     soft, hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
     assert soft == hard
     wait_for(lambda: "plugin isolation:" in world.log.read_text(), 10, "the isolation line in the log")
+
+
+def test_a_plugin_flooding_stderr_costs_the_others_little(world: World) -> None:
+    """8 MiB on stderr: reading is paced, logging capped; echo_tool keeps answering meanwhile."""
+    log_before = world.log.stat().st_size
+    flood: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: flood.update(world.json_of("hostile_tool", "noise", {"mb": "8"})))
+    thread.start()
+    timings = []
+    while thread.is_alive() and len(timings) < 200:
+        started = time.perf_counter()
+        assert world.call("echo_tool", "echo", {"text": "x"})[0]["message"]["text"] == "x"
+        timings.append(time.perf_counter() - started)
+    thread.join(120)
+    assert flood["written"] >= 8 * 1024 * 1024
+    assert timings and statistics.median(timings) < 0.5
+    logged = world.log.stat().st_size - log_before
+    assert logged < 2 * 1024 * 1024  # of 8 MiB: the burst, the rate, and the count of the rest
+    wait_for(lambda: "bytes of stderr were not logged" in world.log.read_text(), 30, "the count of unlogged stderr")

@@ -22,6 +22,7 @@ from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon_local.commands import OutputTail
 from plugin_daemon_local.environment import PluginLayout
 from plugin_daemon_local.envvars import plugin_environment
+from plugin_daemon_local.sandbox import Confinement, IsolationUnavailable, Sandbox
 from plugin_daemon_local.spawning import ReaderStream, signal_group, spawn
 
 from ..options import ConnectorOptions
@@ -58,8 +59,11 @@ class LocalFunction:
         options: ConnectorOptions,
         client: httpx.AsyncClient,
         start_soon: StartSoon,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.entry = entry
+        #: confines the function's process as the local runtime confines a plugin's (PLUGIN_ISOLATION)
+        self.sandbox = sandbox
         self.layout = layout
         self.settings = settings
         self.options = options
@@ -149,6 +153,7 @@ class LocalFunction:
                 cwd=self.layout.workdir,
                 env=self._environment(port),
                 merge_stderr=True,
+                confinement=await self._confinement(),
             )
             self.process = self._last = process
             trouble = anyio.Event()  # the process exited, or printed a traceback, during the start
@@ -177,6 +182,17 @@ class LocalFunction:
                 time.monotonic() - started,
             )
             return
+
+    async def _confinement(self) -> Confinement | None:
+        if self.sandbox is None:
+            return None
+        plugin_id = self.entry.identifier.split(":", 1)[0]
+        try:
+            return await anyio.to_thread.run_sync(
+                self.sandbox.confine_plugin, plugin_id, self.layout.workdir, self.layout.venv
+            )
+        except (IsolationUnavailable, OSError) as exc:
+            raise FunctionStartError(f"cannot isolate function {self.entry.name}: {exc}") from exc
 
     async def _until_ready(self, base_url: str, trouble: anyio.Event) -> None:
         """``/health`` answers, then a no-op request comes back with ``end`` (the request loop runs)."""

@@ -79,6 +79,7 @@ class LocalProvider(Provider):
         super().__init__(options)
         self.settings = load_settings(PLUGIN_DAEMON_HOME=options.home, PLUGIN_WORKING_PATH=options.work_path)
         self.builder = EnvironmentBuilder(self.settings)
+        self.builder.sandbox.log_state()  # functions are confined as local plugins are
         self.registry = Registry(options.home / "functions.json")
         self.functions: dict[str, LocalFunction] = {}  # by name
         self.deployments: dict[str, Deployment] = {}  # by filename
@@ -259,7 +260,9 @@ class LocalProvider(Provider):
         if function is None:
             assert self._group is not None
             layout = layout or PluginLayout.for_identifier(self.options.work_path, entry.identifier)
-            function = LocalFunction(entry, layout, self.settings, self.options, self.client, self._group.start_soon)
+            function = LocalFunction(
+                entry, layout, self.settings, self.options, self.client, self._group.start_soon, self.builder.sandbox
+            )
             self.functions[entry.name] = function
         return function
 

@@ -1,0 +1,76 @@
+"""The sandbox's decisions: what it says is in force, ``required`` refusing, stable uids per plugin.
+
+What a confined plugin can and cannot reach is tested with real processes in test_local_isolation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from plugin_daemon.runtime import PluginSpec, PluginUnavailable
+from plugin_daemon_local import LocalRuntime, landlock, sandbox
+from plugin_daemon_local.sandbox import Sandbox, parse_uid_range
+
+from tests.runtimes.local.local_runtime_support import make_settings
+
+
+@pytest.fixture
+def no_landlock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without Landlock (the only way to have one on this machine)."""
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+
+
+def test_the_log_line_says_what_is_missing(tmp_path: Path, no_landlock: None) -> None:
+    box = Sandbox(make_settings(tmp_path, PLUGIN_WORKING_PATH=tmp_path / "cwd"))
+    assert not box.complete
+    assert "missing: " in box.describe() and "Landlock" in box.describe()
+
+
+def test_off_confines_nothing_and_says_so(tmp_path: Path) -> None:
+    box = Sandbox(make_settings(tmp_path, PLUGIN_WORKING_PATH=tmp_path / "cwd", PLUGIN_ISOLATION="off"))
+    assert box.describe() == "plugin isolation is off (PLUGIN_ISOLATION=off)"
+    confinement = box.confine_plugin("a/b", tmp_path / "cwd" / "a" / "b", tmp_path / "cwd" / "a" / "b" / ".venv")
+    assert confinement.uid is None and confinement.ruleset is None and confinement.env == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_required_refuses_to_start_a_plugin_without_complete_isolation(
+    prepared: Callable[[str], PluginSpec], tmp_path: Path, no_landlock: None
+) -> None:
+    spec = prepared("echo_tool")
+    settings = make_settings(tmp_path, PLUGIN_ISOLATION="required")
+    async with LocalRuntime(settings) as runtime:
+        with anyio.fail_after(60), pytest.raises(PluginUnavailable) as failure:
+            await runtime.ensure_ready(spec, timeout=60)
+    message = str(failure.value)
+    assert "PLUGIN_ISOLATION=required and isolation is incomplete" in message
+    assert "Landlock" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids per plugin need root")
+def test_each_plugin_keeps_its_own_uid(tmp_path: Path) -> None:
+    work = Path("/tmp") / f"sandbox-uids-{tmp_path.name}"
+    work.mkdir()
+    try:
+        settings = make_settings(tmp_path, PLUGIN_WORKING_PATH=work, PLUGIN_ISOLATION_UID_RANGE="200000-200001")
+        box = Sandbox(settings)
+        first, second = box._uid_of("a/one"), box._uid_of("a/two")
+        assert {first, second} == {200000, 200001}
+        assert Sandbox(settings)._uid_of("a/one") == first  # the same after a restart
+        with pytest.raises(sandbox.IsolationUnavailable, match="no free uid"):
+            box._uid_of("a/three")
+        assert (work / ".isolation-uids.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("text", ["", "0-10", "10-5", "abc", "1-4294967295"])
+def test_a_bad_uid_range_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="PLUGIN_ISOLATION_UID_RANGE"):
+        parse_uid_range(text)
