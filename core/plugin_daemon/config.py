@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     PLUGIN_RESTART_MAX_ATTEMPTS: int = 5
     #: a plugin's memory limit is its resource.memory, but never below this (bytes); 0 = no limit
     PLUGIN_MEMORY_LIMIT_FLOOR: int = 1024 * MiB
+    # --- lazy start and idle stop (local runtime) ---------------------------------------
+    #: seconds with no call and no session in flight after which a local plugin process is stopped
+    #: (its environment is kept; the next call starts it again); 0 = never (Go's behaviour: every
+    #: installed plugin is started with the daemon and kept running)
+    PLUGIN_IDLE_TIMEOUT: float = 300.0
+    #: plugin ids (author/name), comma-separated, started with the daemon and never stopped for
+    #: idleness; "*" = every installed plugin
+    PLUGIN_ALWAYS_ON: str = ""
     HTTP_PROXY: str = ""
     HTTPS_PROXY: str = ""
     NO_PROXY: str = ""
@@ -331,6 +339,10 @@ class Settings(BaseSettings):
             query=query,
         )
         return url.render_as_string(hide_password=False)
+
+    @property
+    def always_on_plugins(self) -> set[str]:
+        return {name.strip() for name in self.PLUGIN_ALWAYS_ON.split(",") if name.strip()}
 
     @property
     def disabled_extensions(self) -> set[str]:

@@ -62,7 +62,8 @@ class ControlPanel:
         return runtime
 
     async def relaunch_installed(self) -> None:
-        """At start: get every installed plugin of the relaunchable runtimes running again."""
+        """At start: get the installed plugins of the relaunchable runtimes running again (those the
+        runtime starts with the daemon; the others start on their first call)."""
         identifiers_by_type = {
             runtime_type: await anyio.to_thread.run_sync(self.daemon.manager.installed_identifiers, runtime_type)
             for runtime_type in self.runtimes
@@ -82,7 +83,8 @@ class ControlPanel:
                 if not getattr(runtime, "relaunch_on_start", True):
                     continue
                 for identifier in identifiers:
-                    group.start_soon(launch, runtime, identifier)
+                    if runtime.starts_with_daemon(identifier):
+                        group.start_soon(launch, runtime, identifier)
 
     async def stop(self, identifier: str, runtime_type: str) -> None:
         runtime = self.runtimes.get(runtime_type)

@@ -58,6 +58,7 @@ class InstanceState(enum.StrEnum):
     READY = "ready"
     RESTARTING = "restarting"  # crashed, a replacement is on its way
     FAILED = "failed"  # gave up: launch failed or crash loop
+    STOPPED = "stopped"  # stopped while idle; the next call starts it again
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class Runtime(ABC):
     @abstractmethod
     async def stop(self, identifier: str) -> None:
         """Stop every instance of ``identifier``; the plugin may be launched again later."""
+
+    def starts_with_daemon(self, identifier: str) -> bool:
+        """Whether an installed plugin is launched when the daemon starts (the default), rather
+        than on its first call. Read once per installed plugin at daemon start."""
+        return True
 
     def health(self) -> dict[str, Any]:
         """A JSON-able summary for the health route and operators."""

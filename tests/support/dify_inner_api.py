@@ -26,7 +26,8 @@ route or for all routes (``"*"``), via :meth:`DifyInnerAPI.behave`::
         api.requests[0].json["tenant_id"]
 
 The LLM answer is chunk ``i`` = word ``i`` of ``llm_text`` (see :meth:`DifyInnerAPI.expected_llm_text`).
-The tool answer is ``tool_messages`` (a list of ToolInvokeMessage dicts, text messages by default).
+The tool answer is ``tool_messages`` (a list of ToolInvokeMessage dicts, text messages by default),
+or what ``tool_answer(body)`` returns when it is set (Dify runs the tool: a test may call a plugin).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class DifyInnerAPI(LoopbackHTTPServer):
         self.tool_messages: list[dict[str, Any]] = [
             {"type": "text", "message": {"text": "tool says hi"}, "meta": None},
         ]
+        self.tool_answer: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
         self.json_answers: dict[str, JsonAnswer | Callable[[Mapping[str, Any]], Any]] = {
             "invoke/text-embedding": self._embedding,
             "invoke/multimodal-embedding": self._embedding,
@@ -204,7 +206,7 @@ class DifyInnerAPI(LoopbackHTTPServer):
         if route.startswith("invoke/llm"):
             return self._llm_chunks(str(body.get("model") or "stand-in-model"), count)
         if route == "invoke/tool":
-            messages = self.tool_messages
+            messages = self.tool_answer(body) if self.tool_answer is not None else self.tool_messages
             if count is None:
                 return list(messages)
             return [messages[i % len(messages)] for i in range(count)]

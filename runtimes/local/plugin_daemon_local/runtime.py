@@ -24,6 +24,7 @@ from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, 
 
 from .environment import EnvironmentBuilder
 from .envvars import extra_plugin_environment
+from .idle import IDLE_STATUS, IdlePolicy, IdleStopped
 from .memory import MiB, tree_rss
 from .sandbox import Sandbox
 from .supervisor import PluginSupervisor
@@ -58,6 +59,10 @@ class LocalRuntime(Runtime):
         self.builder = EnvironmentBuilder(settings, sandbox=self.sandbox)
         self.launch_limiter = anyio.Semaphore(max(1, settings.PLUGIN_LOCAL_LAUNCHING_CONCURRENT))
         self._supervisors: dict[str, PluginSupervisor] = {}
+        self.idle_policy = IdlePolicy(settings)
+        self._idle_stopped: dict[str, IdleStopped] = {}
+        #: processes launched since this runtime was made (each start, restart and wake counts)
+        self.launches = 0
         self._group: TaskGroup | None = None
         self._exit_stack: AsyncExitStack | None = None
 
@@ -97,6 +102,7 @@ class LocalRuntime(Runtime):
     async def aclose(self) -> None:
         supervisors = list(self._supervisors.values())
         self._supervisors.clear()
+        self._idle_stopped.clear()
         if not supervisors:
             return
         with anyio.move_on_after(STOP_GRACE + 15):
@@ -108,13 +114,19 @@ class LocalRuntime(Runtime):
 
     def state(self, identifier: str) -> InstanceState:
         supervisor = self._supervisors.get(identifier)
-        return supervisor.state if supervisor is not None else InstanceState.ABSENT
+        if supervisor is not None:
+            return supervisor.state
+        return InstanceState.STOPPED if identifier in self._idle_stopped else InstanceState.ABSENT
+
+    def starts_with_daemon(self, identifier: str) -> bool:
+        return self.idle_policy.starts_with_daemon(identifier)
 
     async def ensure_ready(
         self, spec: PluginSpec, *, timeout: float, progress: Callable[[str], None] | None = None
     ) -> None:
         supervisor = self._supervisors.get(spec.identifier)
         if supervisor is not None and supervisor.state is InstanceState.READY:
+            supervisor.last_used = time.monotonic()
             return
         if supervisor is None or (supervisor.state is InstanceState.FAILED and supervisor.may_retry()):
             supervisor = self._launch(spec)
@@ -145,13 +157,23 @@ class LocalRuntime(Runtime):
 
     async def open_session(self, identifier: str, session_id: str, request_line: bytes) -> SessionChannel:
         supervisor = self._supervisors.get(identifier)
+        if supervisor is None or supervisor.state is InstanceState.STARTING:
+            # stopped for idleness (maybe just now, after the caller's ensure_ready), or starting
+            # for another call: start it or wait for it rather than refuse the call
+            stopped = self._idle_stopped.get(identifier)
+            spec = supervisor.spec if supervisor is not None else stopped.spec if stopped is not None else None
+            if spec is not None:
+                await self.ensure_ready(spec, timeout=self.settings.PLUGIN_READY_TIMEOUT)
+                supervisor = self._supervisors.get(identifier)
         process = supervisor.process if supervisor is not None else None
         if process is None or supervisor is None or supervisor.state is not InstanceState.READY:
             state = supervisor.state.value if supervisor is not None else InstanceState.ABSENT.value
             raise PluginUnavailable(state, f"plugin {identifier} is not ready ({state})")
+        supervisor.last_used = time.monotonic()
         return await process.open_session(session_id, request_line)
 
     async def stop(self, identifier: str) -> None:
+        self._idle_stopped.pop(identifier, None)
         supervisor = self._supervisors.pop(identifier, None)
         if supervisor is not None:
             await supervisor.stop(STOP_GRACE)
@@ -159,11 +181,18 @@ class LocalRuntime(Runtime):
     def health(self) -> dict[str, Any]:
         return {
             "runtime": self.name,
-            "plugins": {identifier: sup.health() for identifier, sup in self._supervisors.items()},
+            "idle_timeout": self.idle_policy.timeout,
+            "plugins": {
+                **{identifier: stopped.health() for identifier, stopped in self._idle_stopped.items()},
+                **{identifier: sup.health() for identifier, sup in self._supervisors.items()},
+            },
         }
 
     def instance_states(self) -> dict[str, str]:
-        return {sup.spec.plugin_id: sup.state.value for sup in self._supervisors.values()}
+        return {
+            **{stopped.spec.plugin_id: InstanceState.STOPPED.value for stopped in self._idle_stopped.values()},
+            **{sup.spec.plugin_id: sup.state.value for sup in self._supervisors.values()},
+        }
 
     def problems(self) -> list[str]:
         failed = sum(1 for sup in self._supervisors.values() if sup.state is InstanceState.FAILED)
@@ -176,6 +205,7 @@ class LocalRuntime(Runtime):
             raise RuntimeError("LocalRuntime is not serving: start serve() (the daemon does) or use `async with`")
         supervisor = PluginSupervisor(spec, self)
         self._supervisors[spec.identifier] = supervisor
+        self._idle_stopped.pop(spec.identifier, None)
         self._group.start_soon(supervisor.run, name=f"plugin {spec.identifier}")
         return supervisor
 
@@ -183,9 +213,27 @@ class LocalRuntime(Runtime):
         while True:
             await anyio.sleep(WATCH_INTERVAL)
             try:
+                self._stop_idle()
                 await self._watch_once()
             except Exception:  # the watchdog must outlive any surprise
                 logger.exception("local runtime watchdog pass failed")
+
+    def _stop_idle(self) -> None:
+        """Stop the plugins idle for ``PLUGIN_IDLE_TIMEOUT``: out of the table at once (a call from
+        now on starts a new process), then stopped in the background."""
+        group = self._group
+        if group is None:
+            return
+        for supervisor in self.idle_policy.idle_ones(list(self._supervisors.values()), time.monotonic()):
+            identifier = supervisor.spec.identifier
+            del self._supervisors[identifier]
+            self._idle_stopped[identifier] = IdleStopped(supervisor.spec)
+            logger.info(
+                "%s: stopped after %g s idle (PLUGIN_IDLE_TIMEOUT); the next call starts it again",
+                identifier,
+                self.idle_policy.timeout,
+            )
+            group.start_soon(supervisor.stop, STOP_GRACE, IDLE_STATUS, name=f"idle stop of {identifier}")
 
     async def _watch_once(self) -> None:
         live = [

@@ -67,6 +67,8 @@ class PluginSupervisor:
         self.failed_at: float | None = None
         self.step: str | None = None
         self.rss: int | None = None
+        #: monotonic time of the last call (or of the last sight of a session in flight)
+        self.last_used = time.monotonic()
         self.finished = anyio.Event()
         self._changed = anyio.Event()
         self._listeners: list[Callable[[str], None]] = []
@@ -188,6 +190,7 @@ class PluginSupervisor:
                 except (OSError, subprocess.SubprocessError) as exc:
                     return Outcome(False, f"cannot start plugin {spec.plugin_id}: {exc}")
                 self.current = process
+                runtime.launches += 1
                 process.on_exit = self._on_exit
                 group.start_soon(process.run)
                 ready_timeout = runtime.settings.PLUGIN_READY_TIMEOUT
@@ -203,6 +206,7 @@ class PluginSupervisor:
                         await process.exited.wait()
                     return Outcome(False, self._launch_failure(process))
             self.process = process
+            self.last_used = time.monotonic()
             self.progress("ready")
             self._set_state(InstanceState.READY)
             await process.exited.wait()
@@ -236,12 +240,12 @@ class PluginSupervisor:
 
     # --- stopping -----------------------------------------------------------------------------
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, reason: str = "stopped") -> None:
         """Stop the instance (SIGTERM, then SIGKILL after ``grace``) and the loop; wait for both."""
         self._stopping = True
         process = self.current
         if process is not None:
-            await process.stop(grace, "PluginStopped", f"plugin {self.spec.plugin_id} was stopped")
+            await process.stop(grace, "PluginStopped", f"plugin {self.spec.plugin_id} was {reason}")
         if self._scope is not None:
             self._scope.cancel()
         with anyio.move_on_after(grace + 10):
