@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateTable
 from sqlalchemy.types import TypeEngine
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,25 @@ def check_go_tables(connection: Connection) -> list[str]:
 
 def _create_current(connection: Connection) -> None:
     """Create every table missing (Go's and this daemon's); never alter one that exists."""
+    if connection.dialect.name in ("mysql", "mariadb"):
+        _create_mysql_tables_with_their_indexes(connection)
     Base.metadata.create_all(connection, checkfirst=True)
+
+
+def _create_mysql_tables_with_their_indexes(connection: Connection) -> None:
+    """On MySQL each CREATE INDEX rebuilds its table: create each missing table with its indexes
+    inline, as GORM's MySQL migrator does (one statement; seconds less per new database)."""
+    present = set(inspect(connection).get_table_names())
+    preparer = connection.dialect.identifier_preparer
+    for table in Base.metadata.sorted_tables:
+        if table.name in present:
+            continue
+        create = str(CreateTable(table).compile(dialect=connection.dialect)).rstrip().rstrip(")").rstrip()
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            columns = ", ".join(preparer.quote(column.name) for column in index.columns)
+            unique = "UNIQUE " if index.unique else ""
+            create += f",\n\t{unique}INDEX {preparer.quote(str(index.name))} ({columns})"
+        connection.execute(text(create + "\n)"))
 
 
 def _set_version(connection: Connection, version: int) -> None:
