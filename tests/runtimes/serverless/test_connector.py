@@ -73,7 +73,7 @@ def test_instances_of_an_unknown_package(connector: ConnectorServer) -> None:
     filename = "tester@nothing@0.0.1@" + "a" * 64 + ".difypkg"
     assert connector.client.get("/v1/runner/instances", params={"filename": filename}).json() == {
         "error": "",
-        "items": [],
+        "Items": [],
     }
     assert connector.client.get("/v1/runner/instances", params={"filename": "../etc"}).status_code == 400
 

@@ -83,10 +83,10 @@ def test_installed_as_a_function(server: DaemonServer, connector: ConnectorServe
     function = connector.function_of("echo_tool")
     filename = echo["plugin_unique_identifier"].replace("/", "@").replace(":", "@") + ".difypkg"
     found = connector.client.get("/v1/runner/instances", params={"filename": filename}).json()
-    assert [item["Name"] for item in found["items"]] == [function["name"]]
-    assert found["items"][0]["Endpoint"] == f"{connector.url}/functions/{function['name']}"
+    assert [item["Name"] for item in found["Items"]] == [function["name"]]
+    assert found["Items"][0]["Endpoint"] == f"{connector.url}/functions/{function['name']}"
     runtime = server.daemon.control_panel.runtime("serverless")
-    assert runtime.health()["functions"][echo["plugin_unique_identifier"]] == found["items"][0]["Endpoint"]
+    assert runtime.health()["functions"][echo["plugin_unique_identifier"]] == found["Items"][0]["Endpoint"]
 
 
 def test_tool_answer_from_a_function_in_serverless_mode(server: DaemonServer, daemon_port: int) -> None:

@@ -71,9 +71,10 @@ def create_connector_app(provider: Provider, options: ConnectorOptions) -> Starl
     async def instances(request: Request) -> Response:
         filename = request.query_params.get("filename", "")
         if not FILENAME_RE.fullmatch(filename):
-            return JSONResponse({"error": f"invalid filename {filename!r}", "items": []}, status_code=400)
+            return JSONResponse({"error": f"invalid filename {filename!r}", "Items": []}, status_code=400)
         found = await provider.find(filename)
-        return JSONResponse({"error": "", "items": [found.as_item()] if found else []})
+        # Go's RunnerInstances spells the list "Items" (its decoder would take any case)
+        return JSONResponse({"error": "", "Items": [found.as_item()] if found else []})
 
     async def launch(request: Request) -> Response:
         try:
