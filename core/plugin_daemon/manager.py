@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from plugin_daemon.buckets import Bucket
 from plugin_daemon.config import Settings
 from plugin_daemon.errors import BadRequest, InternalError, NotFound, UniqueIdentifierError
+from plugin_daemon.memory import give_back_memory
 from plugin_daemon.packages import (
     DecodedPackage,
     PackageError,
@@ -125,6 +126,12 @@ class PluginManager:
 
     def upload(self, data: bytes, *, verify_signature: bool) -> dict[str, Any]:
         """Decode, validate and keep a package; returns the Dify ``PluginDecodeResponse``."""
+        try:
+            return self._upload(data, verify_signature=verify_signature)
+        finally:
+            give_back_memory()  # the package's files, read in pieces, are let go by now
+
+    def _upload(self, data: bytes, *, verify_signature: bool) -> dict[str, Any]:
         decoded = self._decode(data, verify_signature=verify_signature)
         self._keep(decoded, data)
         return self._decode_response(str(decoded.identifier), decoded.declaration, decoded.verification)
@@ -138,6 +145,13 @@ class PluginManager:
                 f"({self.settings.MAX_BUNDLE_PACKAGE_SIZE} bytes)"
             )
         try:
+            return self._upload_bundle(data, verify_signature=verify_signature)
+        finally:
+            give_back_memory()  # what the bundle's packages held is let go by now
+
+    def _upload_bundle(self, data: bytes, *, verify_signature: bool) -> list[dict[str, Any]]:
+        refusal = None
+        try:
             bundle = decode_bundle(
                 data,
                 max_size=self.settings.MAX_BUNDLE_PACKAGE_SIZE,
@@ -146,14 +160,18 @@ class PluginManager:
                 max_yaml_size=self.settings.MAX_PLUGIN_YAML_SIZE,
             )
         except PackageError as exc:
-            raise BadRequest(exc.message) from exc
+            refusal = exc.message  # raised below, so that the traceback (and what it holds) goes now
+        if refusal is not None:
+            raise BadRequest(refusal)
         decoded: dict[str, DecodedPackage] = {}  # path -> package, decoded once however often it is listed
         for path, carried in bundle.packages.items():
             try:
                 # its files are not needed any more: only what is kept stays in memory
                 decoded[path] = replace(self._decode(carried, verify_signature=verify_signature), files={})
             except BadRequest as exc:
-                raise BadRequest(f"bundle package {path!r}: {exc.message}") from exc
+                refusal = f"bundle package {path!r}: {exc.message}"
+            if refusal is not None:
+                raise BadRequest(refusal)
         for path, package in decoded.items():
             self._keep(package, bundle.packages[path])
         result = []
@@ -173,6 +191,7 @@ class PluginManager:
                 f"({self.settings.MAX_PLUGIN_PACKAGE_SIZE} bytes)"
             )
         forced = self.settings.FORCE_VERIFYING_SIGNATURE
+        refusal: str | None = None
         try:
             decoded = decode_package(
                 data,
@@ -184,7 +203,9 @@ class PluginManager:
             )
         except PackageError as exc:
             hint = UNSIGNED_HINT if forced and exc.message.startswith(SIGNATURE_REQUIRED) else ""
-            raise BadRequest(exc.message + hint) from exc
+            refusal = exc.message + hint  # raised below, so that the traceback (and the files it holds) goes now
+        if refusal is not None:
+            raise BadRequest(refusal)
         if self.settings.ENFORCE_LANGGENIUS_PLUGIN_SIGNATURES and claims_langgenius_unverified(decoded):
             raise BadRequest(UNAUTHORIZED_LANGGENIUS)
         return decoded

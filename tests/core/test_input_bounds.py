@@ -120,11 +120,12 @@ def test_a_zip_bomb_of_yaml_is_refused_before_it_is_parsed(daemon) -> None:
     assert len(bomb) < 100 * 1024
     envelope(upload(daemon.client, build_package(ECHO_TOOL)))  # warm
     with Attack(daemon) as attack:
-        error = error_of(upload(daemon.client, bomb))
-    assert error["error_type"] == "PluginDaemonBadRequestError"
-    assert "MAX_PLUGIN_YAML_SIZE" in error["message"], error
-    # the pure-Python loader took 19-31 s of CPU on it
-    assert attack.took < 5.0, f"took {attack.took:.1f} s"
+        errors = [error_of(upload(daemon.client, bomb)) for _ in range(3)]
+    for error in errors:
+        assert error["error_type"] == "PluginDaemonBadRequestError"
+        assert "MAX_PLUGIN_YAML_SIZE" in error["message"], error
+    # the pure-Python loader took 19-31 s of CPU on each
+    assert attack.took < 10.0, f"took {attack.took:.1f} s"
     assert (
         daemon.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}).json()["code"] == 0
     )

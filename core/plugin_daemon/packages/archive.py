@@ -154,18 +154,23 @@ def _checked_name(info: zipfile.ZipInfo) -> str:
 
 
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, budget: int, max_size: int) -> bytes:
-    """Stream one entry, stopping as soon as it outgrows its header or the package's size budget."""
-    chunks: list[bytes] = []
+    """Stream one entry, stopping as soon as it outgrows its header or the package's size budget.
+
+    The content goes into one buffer of the declared size (the headers' sizes are within the limit):
+    a big file kept as many small pieces until joined would leave the heap grown after it is freed.
+    """
+    if info.file_size > budget:
+        raise PackageError(f"package unpacks to more than the limit of {max_size} bytes")
+    content = bytearray(info.file_size)
     size = 0
     try:
         with archive.open(info) as stream:
             while chunk := stream.read(_CHUNK):
-                size += len(chunk)
-                if size > info.file_size:
+                end = size + len(chunk)
+                if end > info.file_size:
                     raise PackageError(f"zip entry {name!r} holds more data than its header declares")
-                if size > budget:
-                    raise PackageError(f"package unpacks to more than the limit of {max_size} bytes")
-                chunks.append(chunk)
+                content[size:end] = chunk
+                size = end
     except PackageError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
@@ -173,7 +178,7 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, budg
         raise PackageError(f"zip entry {name!r} is corrupt or its header lies about its size ({exc})") from None
     if size != info.file_size:
         raise PackageError(f"zip entry {name!r} holds {size} bytes but its header declares {info.file_size}")
-    return b"".join(chunks)
+    return bytes(content)
 
 
 # Fixed entry metadata, so the same files always make the same bytes.

@@ -15,10 +15,6 @@ Once the key is accepted, the registrations being read hold at most
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -28,7 +24,9 @@ from plugin_daemon.protocol.framing import LineTooLong
 from .handshake import Refused
 
 BUSY = "server is busy now, please try again later"
-#: Bytes read and let go (registrations, refused peers drained) after which freed memory is given back.
+#: Bytes read and let go (registrations, refused peers drained) after which freed memory is given back
+#: (measured on a daemon process without it: 16 registrations of 44 MiB at once left 4 MiB more after a
+#: first round and 16 MiB after a second, 128 refused peers of 5 MiB each 18 MiB; nothing with it).
 GIVE_BACK_AFTER = 8 * 1024 * 1024
 CROWDED_ADDRESS = "handshake failed, too many connections from {address} are waiting for their handshake"
 CROWDED = "handshake failed, the server is full and this connection waited longest for its handshake"
@@ -106,31 +104,6 @@ class Admission:
             return False
         self._since_trim = 0
         return True
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # another C library (musl has no malloc_trim)
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def give_back_memory() -> None:
-    """Return the heap's free pages to the system (glibc's ``malloc_trim``; nothing elsewhere).
-
-    A registration is read in thousands of small pieces, across threads, and a refused peer is
-    drained in chunks: once they are freed, glibc keeps many of the pages for itself. Measured on a
-    daemon process: 16 registrations of 44 MiB at once left 4 MiB more after a first round and
-    16 MiB after a second, 128 refused peers of 5 MiB each 18 MiB; nothing with this.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 async def read_first_line(stream: ByteReceiveStream, limit: int) -> bytes:

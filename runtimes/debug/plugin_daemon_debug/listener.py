@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteReceiveStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from plugin_daemon.memory import give_back_memory
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from plugin_daemon.quickack import QuickAckReceiveStream
 from plugin_daemon.runtime import RuntimeStartError
 
-from .admission import BUSY, Admission, Stranger, give_back_memory, read_first_line
+from .admission import BUSY, Admission, Stranger, read_first_line
 from .connection import DebugConnection
 from .declaration import DebugPlugin, build_plugin
 from .handshake import Refused, read_registration
