@@ -14,7 +14,6 @@ from plugin_daemon.backwards.storage import place_value
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
 from plugin_daemon.endpoints import EndpointService
-from plugin_daemon.hardening import secure_data_folder
 from plugin_daemon.installer import Installer
 from plugin_daemon.manager import PluginManager
 from plugin_daemon.plugins import ExtensionManager, load_extensions
@@ -30,6 +29,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def open_database(settings: Settings) -> Database:
+    """The database the settings name (DATABASE_URL, or Go's DB_* settings), its schema in place."""
+    return Database(
+        settings.database_url,
+        options=EngineOptions(
+            max_open=settings.DB_MAX_OPEN_CONNS,
+            max_idle=settings.DB_MAX_IDLE_CONNS,
+            max_lifetime=settings.DB_CONN_MAX_LIFETIME,
+            default_database=settings.DB_DEFAULT_DATABASE,
+            prepared_statements=settings.DB_TYPE != "pgbouncer",
+        ),
+        storage_writer=functools.partial(place_value, settings.persistence_path),
+    )
+
+
 class Daemon:
     """Everything one daemon process holds. Built once; started by :meth:`running`."""
 
@@ -37,18 +51,7 @@ class Daemon:
         self.settings = settings
         settings.ensure_directories()
         self.extensions = extensions or load_extensions(settings.disabled_extensions)
-        self.database = Database(
-            settings.database_url,
-            options=EngineOptions(
-                max_open=settings.DB_MAX_OPEN_CONNS,
-                max_idle=settings.DB_MAX_IDLE_CONNS,
-                max_lifetime=settings.DB_CONN_MAX_LIFETIME,
-                default_database=settings.DB_DEFAULT_DATABASE,
-                prepared_statements=settings.DB_TYPE != "pgbouncer",
-            ),
-            storage_writer=functools.partial(place_value, settings.persistence_path),
-        )
-        secure_data_folder(settings)  # after the database exists: its file is tightened too
+        self.database = open_database(settings)
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)
         #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)
