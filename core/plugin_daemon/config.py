@@ -7,6 +7,7 @@ current directory, then from the defaults below.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import cached_property
@@ -30,6 +31,21 @@ PUBLIC_DEFAULT_KEYS = frozenset(
 )
 
 MiB = 1024 * 1024
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """A comma-separated CIDR list (a bare address is its own /32 or /128)."""
+    networks: list[IPNetwork] = []
+    for part in value.split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{part.strip()!r} is not a network in CIDR notation (like 10.0.0.0/8)") from exc
+    return tuple(networks)
+
+
 #: Go's storage keys: folders inside the storage root, whatever their value
 STORAGE_KEYS = (
     "PLUGIN_INSTALLED_PATH",
@@ -199,6 +215,9 @@ class Settings(BaseSettings):
     DIFY_PLUGIN_SERVERLESS_SIGNING_SECRET: str = ""
     MAX_SERVERLESS_TRANSACTION_BYTES: int = 6 * MiB
     MAX_SERVERLESS_TRANSACTION_TIMEOUT: int = 300
+    # --- serverless callbacks: who may reach /backwards-invocation/transaction -----------
+    #: source networks (CIDR, comma-separated) allowed to call the transaction route; empty = any
+    SERVERLESS_TRANSACTION_ALLOWED_CIDRS: str = ""
 
     # --- plugin isolation (issue 13: what a local plugin process may reach) ------------
     #: auto: confine plugins with what the kernel offers; required: refuse to start one without complete
@@ -269,6 +288,17 @@ class Settings(BaseSettings):
             if not self._storage_key(getattr(self, name)).is_relative_to(self.home):
                 raise ValueError(f"{name} must stay inside the storage root {self.home}")
         return self
+
+    @field_validator("SERVERLESS_TRANSACTION_ALLOWED_CIDRS")
+    @classmethod
+    def _cidr_list(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @cached_property
+    def transaction_networks(self) -> tuple[IPNetwork, ...]:
+        """SERVERLESS_TRANSACTION_ALLOWED_CIDRS, parsed (empty: any source)."""
+        return parse_networks(self.SERVERLESS_TRANSACTION_ALLOWED_CIDRS)
 
     @field_validator("SERVER_KEY")
     @classmethod

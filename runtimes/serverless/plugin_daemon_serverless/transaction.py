@@ -8,17 +8,23 @@ heartbeat while a long call runs.
 Like the Go daemon's, this route carries no ``X-Api-Key`` (the SDK sends none). What protects
 it: the session id is a random UUID that only the function receives, and a call is accepted
 only while that session is live and belongs to a serverless installation; the body is bounded
-and the call has a deadline. Anything else gets the SessionNotFound answer of §3.3.
+and the call has a deadline. Anything else gets the SessionNotFound answer of §3.3. A session
+calls with its own plugin's declaration, so its manifest's permissions bound what it may do.
+``SERVERLESS_TRANSACTION_ALLOWED_CIDRS`` narrows who may call at all: the address checked is
+the peer's (or, behind a proxy uvicorn trusts through FORWARDED_ALLOW_IPS, X-Forwarded-For's).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from plugin_daemon.config import IPNetwork
+from plugin_daemon.errors import PermissionDenied
 from plugin_daemon.protocol.messages import SessionFrame, encode_backwards_response, parse_output_line
 from plugin_daemon.runtime import EventKind, SessionChannel, SessionEvent
 from starlette.requests import Request
@@ -143,8 +149,32 @@ def _invoke_frame(body: bytes) -> SessionFrame | None:
     return None
 
 
+def source_allowed(host: str | None, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether a caller at ``host`` may use the route (any caller when no networks are set)."""
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False  # a Unix socket or an unknown peer: not in any network
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == network.version and address in network for network in networks)
+
+
+def source_refused(host: str | None) -> Response:
+    error = PermissionDenied(
+        f"source address {host or 'unknown'} may not call {PATH} (SERVERLESS_TRANSACTION_ALLOWED_CIDRS)"
+    )
+    return JSONResponse(error.envelope(), status_code=403)
+
+
 async def transaction(request: Request) -> Response | TransactionResponse:
     daemon: Daemon = request.app.state.daemon
+    host = request.client.host if request.client else None
+    if not source_allowed(host, daemon.settings.transaction_networks):
+        log.warning("refused a backwards call from %s: not in SERVERLESS_TRANSACTION_ALLOWED_CIDRS", host)
+        return source_refused(host)
     limit = daemon.settings.MAX_SERVERLESS_TRANSACTION_BYTES
     session_id = request.headers.get(SESSION_HEADER, "")
     body = await _read_body(request, limit)

@@ -60,7 +60,13 @@ def connector(home: Path, daemon_port: int) -> Iterator[ConnectorServer]:
 
 @pytest.fixture(scope="module")
 def server(home: Path, connector: ConnectorServer, inner_api: DifyInnerAPI, daemon_port: int) -> Iterator[DaemonServer]:
-    settings = serverless_settings(home / "daemon", connector, DIFY_INNER_API_URL=inner_api.url)
+    # the functions call back from loopback, which the allowed networks include
+    settings = serverless_settings(
+        home / "daemon",
+        connector,
+        DIFY_INNER_API_URL=inner_api.url,
+        SERVERLESS_TRANSACTION_ALLOWED_CIDRS="10.0.0.0/8, 127.0.0.0/8,::1",
+    )
     with running_daemon(settings, port=daemon_port) as running:
         install(running, "echo_tool", TENANT)
         yield running
@@ -133,17 +139,81 @@ def _invoke_frame(session_id: str, request: dict[str, Any], request_id: str = "r
     return json.dumps(frame).encode() + b"\n\n"
 
 
-def _session(server: DaemonServer, runtime_type: str) -> Any:
+STORAGE_ALLOWED = {"resource": {"permission": {"storage": {"enabled": True, "size": 1024}}}}
+
+
+def _session(
+    server: DaemonServer,
+    runtime_type: str,
+    *,
+    plugin: str = "echo_tool",
+    declaration: dict[str, Any] | None = None,
+) -> Any:
     return server.daemon.sessions.create(
         tenant_id=TENANT,
         user_id="u",
-        plugin_id="tester/echo_tool",
-        identifier="tester/echo_tool:0.0.1@" + "0" * 64,
+        plugin_id=f"tester/{plugin}",
+        identifier=f"tester/{plugin}:0.0.1@" + "0" * 64,
         runtime_type=runtime_type,
         access_type="tool",
         action="invoke_tool",
-        declaration={"resource": {"permission": {"storage": {"enabled": True, "size": 1024}}}},
+        declaration=STORAGE_ALLOWED if declaration is None else declaration,
     )
+
+
+def _backwards(server: DaemonServer, session: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The backwards_response payloads answering one storage call of ``session``."""
+    response = httpx.post(
+        f"{server.url}/backwards-invocation/transaction",
+        headers={"Dify-Plugin-Session-ID": session.id},
+        content=_invoke_frame(session.id, request),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return [json.loads(line)["data"] for line in response.text.split("\n") if line.strip()]
+
+
+def test_transaction_session_is_bound_to_its_own_plugins_permissions(server: DaemonServer) -> None:
+    allowed = _session(server, "serverless", plugin="echo_tool")
+    neighbour = _session(server, "serverless", plugin="other_tool")
+    denied = _session(server, "serverless", plugin="noperm_tool", declaration={"resource": {"permission": {}}})
+    try:
+        assert _backwards(server, allowed, {"opt": "set", "key": "secret", "value": "6f6b"})[0]["event"] == "response"
+        # another plugin of the same tenant, calling with its own session, sees its own storage only
+        other = _backwards(server, neighbour, {"opt": "get", "key": "secret"})
+        assert other[0]["event"] == "error" and "6f6b" not in json.dumps(other)
+        refused = _backwards(server, denied, {"opt": "get", "key": "secret"})
+        assert refused[0]["event"] == "error"
+        assert "permission denied" in refused[0]["message"] and "storage" in refused[0]["message"]
+        own = _backwards(server, allowed, {"opt": "get", "key": "secret"})
+        assert own[0]["event"] == "response" and own[0]["data"]["data"] == "6f6b"
+    finally:
+        for session in (allowed, neighbour, denied):
+            server.daemon.sessions.end(session)
+
+
+def test_transaction_route_refuses_sources_outside_the_allowed_networks(
+    home: Path, connector: ConnectorServer, server: DaemonServer
+) -> None:
+    settings = serverless_settings(
+        home / "daemon-cidr", connector, SERVERLESS_TRANSACTION_ALLOWED_CIDRS="10.0.0.0/8,fd00::/8"
+    )
+    with running_daemon(settings) as narrow:
+        session = _session(narrow, "serverless")
+        try:
+            response = httpx.post(
+                f"{narrow.url}/backwards-invocation/transaction",
+                headers={"Dify-Plugin-Session-ID": session.id},
+                content=_invoke_frame(session.id, {"opt": "set", "key": "k", "value": "1"}),
+                timeout=10,
+            )
+            assert response.status_code == 403
+            body = response.json()
+            assert body["code"] == -403 and body["data"] is None
+            assert "SERVERLESS_TRANSACTION_ALLOWED_CIDRS" in json.loads(body["message"])["message"]
+            assert narrow.daemon.sessions.get(session.id) is session  # the session lives on
+        finally:
+            narrow.daemon.sessions.end(session)
 
 
 def test_transaction_route_answers_backwards_response_lines(server: DaemonServer) -> None:
