@@ -5,8 +5,6 @@
 - the data folder gives nobody else anything: ``0700``, or traverse-only ``0711`` where a
   plugin under another uid must walk through it to its code; the database and the key file
   ``0600``; folders made by an older version are tightened;
-- the open-file limit is raised to the hard limit (a busy daemon holds a socket per client and
-  pipes per plugin; 1,024 is soon reached);
 - ``PR_SET_DUMPABLE 0`` (``DAEMON_NON_DUMPABLE``): processes of the daemon's uid cannot ptrace it
   or read its ``/proc`` entries (environ holds its secrets). Tools that attach to the daemon
   (py-spy) then need root or ``CAP_SYS_PTRACE``.
@@ -17,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -28,19 +25,6 @@ _PR_GET_DUMPABLE = 3
 UMASK = 0o077
 #: The generated server key, kept in the data folder.
 KEY_FILE = "server_key"
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns (before, after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft, soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft, soft
-    return soft, target
 
 
 def set_non_dumpable() -> bool:
@@ -57,11 +41,10 @@ def set_non_dumpable() -> bool:
 def harden_process(settings: Settings) -> str:
     """What ``plugin-daemon serve`` does to itself before anything else; returns what it did, to log."""
     os.umask(UMASK)
-    before, after = raise_open_file_limit()
     dumpable = "left dumpable (DAEMON_NON_DUMPABLE=false)"
     if settings.DAEMON_NON_DUMPABLE:
         dumpable = "non-dumpable" if set_non_dumpable() else "dumpable (PR_SET_DUMPABLE is not available)"
-    return f"umask {UMASK:03o}, open-file limit {after} (was {before}), {dumpable}"
+    return f"umask {UMASK:03o}, {dumpable}"
 
 
 def _chmod(path: Path, mode: int) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +52,7 @@ pytestmark = [
 TENANT = "tenant-isolation"
 OTHER_TENANT = "tenant-victim"
 USER = "plugin-daemon-test"
+FEW_OPEN_FILES = 1024
 #: Working paths kept between runs (venvs are built once), where other users can traverse.
 KEPT = Path(tempfile.gettempdir()) / f"plugin-daemon-isolation-{abs(hash(str(CACHE))) % 10**8}"
 
@@ -149,6 +152,7 @@ def serving(mode: str) -> Iterator[World]:
             user=user.pw_uid if user else None,
             group=user.pw_gid if user else None,
             extra_groups=[] if user else None,
+            preexec_fn=start_with_few_open_files,
         )
     try:
         key_file = home / "server_key"
@@ -174,6 +178,12 @@ def serving(mode: str) -> Iterator[World]:
             process.kill()
             process.wait(10)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def start_with_few_open_files() -> None:
+    """The daemon starts with the usual soft limit of 1,024 open files (it raises it itself)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(FEW_OPEN_FILES, hard), hard))
 
 
 def daemon_command(*, shared: bool) -> list[str]:
@@ -261,7 +271,9 @@ def test_data_folder_and_process_are_hardened(world: World) -> None:
         assert (world.home / folder).stat().st_mode & 0o777 == 0o700
     limits = Path(f"/proc/{world.pid}/limits").read_text().splitlines()
     soft, hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
-    assert soft == hard
+    assert soft == hard and int(soft) > FEW_OPEN_FILES
+    # non-dumpable: the kernel gives its /proc entries to root, whatever uid the daemon runs under
+    assert Path(f"/proc/{world.pid}/environ").stat().st_uid == 0
     wait_for(lambda: "plugin isolation:" in world.log.read_text(), 10, "the isolation line in the log")
 
 
@@ -282,3 +294,17 @@ def test_a_plugin_flooding_stderr_costs_the_others_little(world: World) -> None:
     logged = world.log.stat().st_size - log_before
     assert logged < 2 * 1024 * 1024  # of 8 MiB: the burst, the rate, and the count of the rest
     wait_for(lambda: "bytes of stderr were not logged" in world.log.read_text(), 30, "the count of unlogged stderr")
+
+
+def test_many_idle_connections_leave_room_for_everyone(world: World) -> None:
+    """1,100 idle connections once made the API refuse everyone (the limit of 1,024 open files)."""
+    idle = []
+    try:
+        for _ in range(1100):
+            idle.append(socket.create_connection(("127.0.0.1", int(world.url.rsplit(":", 1)[1])), timeout=10))
+        with httpx.Client(base_url=world.url, timeout=3) as fresh:  # well within SERVER_READ_HEADER_TIMEOUT
+            assert fresh.get("/health/check").status_code == 200
+        assert world.call("echo_tool", "echo", {"text": "room"})[0]["message"]["text"] == "room"
+    finally:
+        for connection in idle:
+            connection.close()
