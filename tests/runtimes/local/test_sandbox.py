@@ -14,6 +14,7 @@ import anyio
 import pytest
 from plugin_daemon.runtime import PluginSpec, PluginUnavailable
 from plugin_daemon_local import LocalRuntime, landlock, sandbox
+from plugin_daemon_local.commands import run_watched
 from plugin_daemon_local.sandbox import Sandbox, parse_uid_range
 
 from tests.runtimes.local.local_runtime_support import make_settings
@@ -74,3 +75,32 @@ def test_each_plugin_keeps_its_own_uid(tmp_path: Path) -> None:
 def test_a_bad_uid_range_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="PLUGIN_ISOLATION_UID_RANGE"):
         parse_uid_range(text)
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(os.geteuid() != 0 or landlock.abi_version() < 6, reason="root with Landlock 6")
+async def test_an_install_as_root_has_no_capabilities_and_sees_only_its_folders(tmp_path: Path) -> None:
+    """What an sdist's build script would run as: root in name only, in the package's folder."""
+    work = tmp_path / "cwd"
+    folder = work / "author" / "plugin"
+    folder.mkdir(parents=True)
+    (tmp_path / "secret").write_text("key")
+    confinement = Sandbox(make_settings(tmp_path, PLUGIN_WORKING_PATH=work)).confine_install(
+        folder, work / ".uv-cache", None
+    )
+    script = (
+        "grep CapEff /proc/self/status; touch inside && echo wrote-inside; "
+        f"cat {tmp_path / 'secret'} || echo secret-refused; kill -0 1 || echo kill-refused"
+    )
+    result = await run_watched(
+        ["/bin/sh", "-c", script],
+        cwd=folder,
+        env={"PATH": "/usr/bin:/bin"},
+        inactivity_timeout=10,
+        hard_timeout=10,
+        confinement=confinement,
+    )
+    assert "CapEff:\t0000000000000000" in result.output
+    assert "wrote-inside" in result.output and (folder / "inside").exists()
+    assert "secret-refused" in result.output and "key" not in result.output
+    assert "kill-refused" in result.output
