@@ -77,6 +77,10 @@ def connector(
     log_level: str,
 ) -> None:
     """Run a serverless connector (SRI) that deploys plugins as functions on PROVIDER."""
+    from plugin_daemon.init_process import become_init_if_pid_1
+
+    become_init_if_pid_1()  # its functions run the SDK, which exits when its parent is PID 1
+
     import uvicorn
     from plugin_daemon.config import PUBLIC_DEFAULT_KEYS
     from plugin_daemon.logs import configure_logging
