@@ -544,6 +544,8 @@ async def measure_isolation(
                 load = await asyncio.to_thread(run_wrk, target, connections=64, duration=durations.load)
             else:
                 load = await http_load(target, 64, durations.load, durations.warmup)
+            if mode == "auto" and "flood" not in figures:
+                figures["flood"] = await measure_flood(daemon, target, tool, durations, load.throughput)
             if mode == "auto":
                 report.facts["isolation_in_force"] = next(
                     (
@@ -594,7 +596,56 @@ async def measure_isolation(
             compare="ratio",
         )
     )
+    flood = figures["flood"]
+    report.add(
+        Figure(
+            "isolation",
+            f"echo throughput, 64 callers, while another plugin writes {FLOOD_MB} MB to stderr vs quiet",
+            "req/s",
+            daemon=flood["during"],
+            direct=flood["quiet"],
+            compared=flood["during"] / flood["quiet"] if flood["quiet"] else None,
+            compare="ratio",
+            target="≥ 0.5×",
+            ok=flood["during"] >= 0.5 * flood["quiet"],
+            note="'direct' here: the same daemon with no flood",
+        )
+    )
     return figures
+
+
+#: What the hostile test plugin writes to stderr in the flood figure (the issue's 29 MB).
+FLOOD_MB = 29
+
+
+async def measure_flood(
+    daemon: DaemonProcess, target: HttpTarget, tool: str, durations: Durations, quiet: float
+) -> dict[str, float]:
+    """Echo throughput at 64 callers while tests/plugins/hostile_tool floods its stderr."""
+    from plugin_daemon.packages import build_package
+
+    async with daemon.client(timeout=900) as client:
+        await install(client, [await upload(client, build_package(PLUGINS / "hostile_tool"))])
+        noise = {"mb": str(FLOOD_MB)}
+        flood_data = {**ECHO_DATA, "provider": "hostile_tool", "tool": "noise", "tool_parameters": noise}
+        flood = asyncio.create_task(
+            client.post(
+                f"/plugin/{TENANT}/dispatch/tool/invoke",
+                headers={"X-Plugin-ID": "tester/hostile_tool"},
+                json={"user_id": "user-1", "data": flood_data},
+            )
+        )
+        await asyncio.sleep(0.5)  # the flood under way (its first megabytes are read at once)
+        if tool == "wrk":
+            during = await asyncio.to_thread(run_wrk, target, connections=64, duration=durations.load)
+        else:
+            during = await http_load(target, 64, durations.load, durations.warmup)
+        if flood.done():
+            raise RuntimeError(f"the stderr flood ended before the measurement did: {flood.result().text[:500]}")
+        flood.cancel()  # the daemon stops the plugin with the rest of this phase
+        with contextlib.suppress(asyncio.CancelledError):
+            await flood
+    return {"quiet": quiet, "during": during.throughput}
 
 
 def sdk_import_times(python: Path, cwd: Path, count: int) -> list[float]:
