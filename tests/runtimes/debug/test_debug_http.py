@@ -75,8 +75,14 @@ def echo_process(server: DaemonServer, home: Path) -> Iterator[SdkPlugin]:
 
 @pytest.fixture
 def echo(server: DaemonServer, echo_process: SdkPlugin) -> SdkPlugin:
-    """echo_tool connected and installed (started again if a test killed it)."""
-    if not echo_process.alive:
+    """echo_tool connected and installed (started again if a test killed it).
+
+    A plugin a test crashed may still be exiting when the next test starts: the daemon has already
+    seen its connection close, so what the daemon lists decides, not whether the process is gone yet.
+    """
+    live = any(plugin["plugin_id"] == ECHO and plugin["alive"] for plugin in connected(server))
+    if not echo_process.alive or not live:
+        echo_process.kill()  # waits for a crashing process to end
         started = time.time()
         echo_process.start()
         wait_for(
