@@ -104,6 +104,8 @@ def test_tool_answer_from_a_function_in_serverless_mode(server: DaemonServer, da
     assert environ["INSTALL_METHOD"] == "serverless"
     assert environ["DIFY_PLUGIN_DAEMON_URL"] == f"http://127.0.0.1:{daemon_port}"
     assert environ["SERVERLESS_HOST"] == "127.0.0.1"
+    # confined as a local plugin is (sandbox): a scratch of its own for HOME and TMPDIR
+    assert "/.scratch/" in environ["HOME"] and "/.scratch/" in environ["TMPDIR"]
     assert not any(
         name in environ for name in ("SERVER_KEY", "DIFY_INNER_API_KEY", "DIFY_PLUGIN_SERVERLESS_CONNECTOR_API_KEY")
     )
