@@ -176,7 +176,11 @@ def test_connector_command_serves_the_sri(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "words"),
-    [(["--api-key", "k", "--provider", "nope"], "unknown provider"), (["--api-key", " "], "--api-key")],
+    [
+        (["--api-key", "k", "--provider", "nope"], "unknown provider"),
+        (["--api-key", " "], "--api-key"),
+        (["--api-key", "k", "--provider", "aws_lambda"], "needs AWS_LAMBDA_ROLE_ARN"),
+    ],
 )
 def test_connector_command_refuses_bad_options(tmp_path: Path, args: list[str], words: str) -> None:
     code, output = _finish(_cli(*args, home=tmp_path))

@@ -56,6 +56,13 @@ DEFAULT_PORT = 5004
 )
 @click.option("--start-timeout", type=float, default=120.0, show_default=True, help="Seconds a cold start may take.")
 @click.option(
+    "--function-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds one call to a function may last (a cloud provider caps it at its own limit).",
+)
+@click.option(
     "--signing-secret",
     envvar="DIFY_PLUGIN_SERVERLESS_SIGNING_SECRET",
     default="",
@@ -73,6 +80,7 @@ def connector(
     public_url: str | None,
     idle_timeout: float,
     start_timeout: float,
+    function_timeout: float,
     signing_secret: str,
     log_level: str,
 ) -> None:
@@ -105,10 +113,15 @@ def connector(
         working_path=working_path,
         idle_timeout=idle_timeout,
         start_timeout=start_timeout,
+        function_timeout=function_timeout,
         signing_secret=signing_secret,
     )
     configure_logging(log_level)
-    app = create_connector_app(load_provider(provider, options), options)
+    try:
+        loaded = load_provider(provider, options)
+    except ValueError as exc:  # a provider's own settings are missing or wrong
+        raise click.ClickException(str(exc)) from exc
+    app = create_connector_app(loaded, options)
     click.echo(
         f"serverless connector ({provider}) on {public_url}; functions call the daemon at {daemon_url}", err=True
     )

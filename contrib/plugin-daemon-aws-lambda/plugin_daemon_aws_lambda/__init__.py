@@ -1,0 +1,1 @@
+"""The ``aws_lambda`` provider of the serverless connector."""

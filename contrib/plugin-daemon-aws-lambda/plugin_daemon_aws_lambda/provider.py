@@ -1,0 +1,291 @@
+"""``AwsLambdaProvider``: each plugin package as one AWS Lambda function behind a streaming Function URL.
+
+A launch checks the package, builds its deployment package with uv for Lambda's platform
+(:mod:`.package`), creates the function (or updates its code and configuration), waits until
+it is active, gives it a Function URL in ``RESPONSE_STREAM`` mode with ``AuthType=NONE`` (calls
+are signed by the daemon instead, ``X-Dify-Plugin-Signature``, checked inside the function when
+the connector has a signing secret), and writes the ``serverless.yml`` equivalent. Lambda itself
+is the registry: a function's tags carry its package, so a connector restarted elsewhere finds
+its functions again.
+
+Settings (the connector's environment; boto3 reads ``AWS_REGION``, ``AWS_ENDPOINT_URL`` and the
+credential variables itself):
+
+- ``AWS_LAMBDA_ROLE_ARN`` (required): the functions' execution role;
+- ``AWS_LAMBDA_RUNTIME`` (``python3.12``) and ``AWS_LAMBDA_ARCHITECTURE`` (``x86_64`` or ``arm64``);
+- memory from the manifest's ``resource.memory`` (bytes) in MB, rounded up, 128 to 10240;
+- timeout from the connector's ``--function-timeout``, at most Lambda's 900 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+from plugin_daemon.config import load_settings
+from plugin_daemon.packages import PackageError, decode_package
+from plugin_daemon_local.environment import find_uv
+from plugin_daemon_serverless.connector.local.provider import Deployment
+from plugin_daemon_serverless.connector.options import ConnectorOptions
+from plugin_daemon_serverless.connector.provider import Provider
+from plugin_daemon_serverless.sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
+
+from .package import PackageBuildError, Platform, build_deployment_package
+from .serverless_yml import SECRET_NAME, FunctionSpec, write_serverless_yml
+
+log = logging.getLogger(__name__)
+
+MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
+MAX_TIMEOUT = 900
+#: the largest zip Lambda takes inline (larger ones go through S3)
+MAX_INLINE_ZIP = 50 * 1024 * 1024
+#: seconds a created or updated function has to become active
+ACTIVE_DEADLINE = 300.0
+EXEC_WRAPPER = "/var/task/bootstrap"
+TAG_CHECKSUM = "dify-plugin-checksum"
+TAG_IDENTIFIER = "dify-plugin-identifier"
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+class LaunchFailed(Exception):
+    pass
+
+
+def memory_mb(declaration: dict[str, Any]) -> int:
+    """``resource.memory`` (bytes) as Lambda megabytes: rounded up, at least 128, at most 10240."""
+    raw = (declaration.get("resource") or {}).get("memory") or 0
+    try:
+        wanted = math.ceil(int(raw) / (1024 * 1024))
+    except (TypeError, ValueError):
+        wanted = 0
+    return min(MAX_MEMORY_MB, max(MIN_MEMORY_MB, wanted))
+
+
+def lambda_function_name(filename: str) -> str:
+    """``author@name@version@checksum.difypkg`` → ``dify-author-name-<12 hex>`` (≤ 64 characters)."""
+    author, name, _version, rest = filename.split("@", 3)
+    checksum = rest.removesuffix(".difypkg")
+    stem = _UNSAFE.sub("-", f"{author}-{name}".lower().replace("_", "-")).strip("-")[:45]
+    return f"dify-{stem}-{checksum[:12]}"
+
+
+class AwsLambdaProvider(Provider):
+    def __init__(self, options: ConnectorOptions) -> None:
+        super().__init__(options)
+        self.role = os.environ.get("AWS_LAMBDA_ROLE_ARN", "").strip()
+        if not self.role:
+            raise ValueError("the aws_lambda provider needs AWS_LAMBDA_ROLE_ARN (the functions' execution role)")
+        self.platform = Platform(
+            runtime=os.environ.get("AWS_LAMBDA_RUNTIME", "python3.12").strip(),
+            architecture=os.environ.get("AWS_LAMBDA_ARCHITECTURE", "x86_64").strip(),
+        )
+        self.platform.python_platform  # noqa: B018 - refuse a bad architecture at start
+        self.platform.python_version  # noqa: B018
+        self.timeout = max(1, min(MAX_TIMEOUT, math.ceil(options.function_timeout)))
+        self.folder = options.home / "lambda"
+        self.uv = find_uv(load_settings(PLUGIN_DAEMON_HOME=options.home))
+        # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (the name Lambda and most tools use) is passed on
+        self.client = boto3.client("lambda", region_name=os.environ.get("AWS_REGION") or None)
+        self.deployments: dict[str, Deployment] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as group:
+            self._group = group
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._group = None
+
+    # --- the SRI ------------------------------------------------------------------------------
+
+    async def find(self, filename: str) -> FunctionInfo | None:
+        return await anyio.to_thread.run_sync(self._find, filename)
+
+    def _find(self, filename: str) -> FunctionInfo | None:
+        name = lambda_function_name(filename)
+        checksum = filename.rsplit("@", 1)[1].removesuffix(".difypkg")
+        try:
+            function = self.client.get_function(FunctionName=name)
+            url = self.client.get_function_url_config(FunctionName=name)["FunctionUrl"]
+        except self.client.exceptions.ResourceNotFoundException:
+            return None
+        if (function.get("Tags") or {}).get(TAG_CHECKSUM) != checksum:
+            return None  # a name taken by something else
+        configuration = function["Configuration"]
+        return FunctionInfo(
+            id=checksum[:32],
+            name=name,
+            endpoint=url,
+            resource_name=configuration["FunctionArn"],
+            state=str(configuration.get("State") or ""),
+        )
+
+    async def launch(
+        self, filename: str, package: bytes, *, verified: bool, metadata: dict[str, Any]
+    ) -> AsyncIterator[LaunchEvent]:
+        deployment = self.deployments.get(filename)
+        if deployment is None:
+            if self._group is None:
+                raise RuntimeError("the aws_lambda provider is not serving")
+            deployment = Deployment()
+            self.deployments[filename] = deployment
+            self._group.start_soon(self._deploy, deployment, filename, package, metadata)
+        async for event in deployment.follow():
+            yield event
+
+    async def _deploy(self, deployment: Deployment, filename: str, package: bytes, metadata: dict[str, Any]) -> None:
+        try:
+            deployment.emit("healthz", RUNNING, "checking the package")
+            declaration, identifier, checksum = self._check(filename, package, metadata)
+            existing = await self.find(filename)
+            if existing is not None:
+                deployment.emit("healthz", SUCCESS, "function already deployed")
+                deployment.emit("run", SUCCESS, run_message(existing.endpoint, existing.name, existing.id))
+                deployment.emit("end", SUCCESS, "Plugin launched")
+                return
+            deployment.emit("healthz", SUCCESS, f"package {identifier}")
+            name = lambda_function_name(filename)
+            folder = self.folder / name
+            deployment.emit("start", RUNNING, "building the deployment package")
+            entrypoint = str(((declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
+            archive = await build_deployment_package(
+                package,
+                entrypoint,
+                folder / f"{name}-{self.platform.runtime}-{self.platform.architecture}.zip",
+                uv=self.uv,
+                platform=self.platform,
+                progress=lambda line: deployment.emit("build", RUNNING, line),
+            )
+            deployment.emit("build", SUCCESS, "deployment package ready")
+            spec = self._spec(name, declaration, identifier, checksum, archive)
+            deployment.emit("run", RUNNING, f"deploying {name}")
+            url = await anyio.to_thread.run_sync(self._deploy_function, spec)
+            write_serverless_yml(spec, folder)
+            deployment.emit("run", SUCCESS, run_message(url, name, checksum[:32]))
+            deployment.emit("end", SUCCESS, "Plugin launched")
+        except (LaunchFailed, PackageBuildError, ClientError, BotoCoreError, OSError) as exc:
+            log.warning("launch of %s failed: %s", filename, exc)
+            stage = deployment.events[-1].stage if deployment.events else "healthz"
+            deployment.emit(stage, FAILED, str(exc))
+        except Exception as exc:
+            log.exception("launch of %s failed", filename)
+            deployment.emit("end", FAILED, f"internal error: {exc!r}")
+        finally:
+            self.deployments.pop(filename, None)
+            deployment.finish()
+
+    def _check(self, filename: str, package: bytes, metadata: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        try:
+            decoded = decode_package(package, max_size=self.options.max_package_size)
+        except PackageError as exc:
+            raise LaunchFailed(f"invalid package: {exc.message}") from exc
+        identifier = str(decoded.identifier)
+        wanted = metadata.get("plugin_unique_identifier")
+        if wanted and wanted != identifier:
+            raise LaunchFailed(f"the package is {identifier}, not {wanted}")
+        parsed = decoded.identifier
+        expected = f"{parsed.author}@{parsed.name}@{parsed.version}@{decoded.checksum}.difypkg"
+        if filename != expected:
+            raise LaunchFailed(f"the package file is named {filename!r}; its content is {expected!r}")
+        return decoded.declaration, identifier, decoded.checksum
+
+    def _spec(
+        self, name: str, declaration: dict[str, Any], identifier: str, checksum: str, archive: Path
+    ) -> FunctionSpec:
+        environment = {
+            "AWS_LAMBDA_EXEC_WRAPPER": EXEC_WRAPPER,
+            "DIFY_PLUGIN_DAEMON_URL": self.options.daemon_url,
+        }
+        if self.options.signing_secret:
+            environment[SECRET_NAME] = self.options.signing_secret
+        return FunctionSpec(
+            name=name,
+            runtime=self.platform.runtime,
+            architecture=self.platform.architecture,
+            memory_mb=memory_mb(declaration),
+            timeout=self.timeout,
+            role=self.role,
+            region=str(self.client.meta.region_name or ""),
+            artifact=archive,
+            environment=environment,
+            tags={TAG_CHECKSUM: checksum, TAG_IDENTIFIER: identifier},
+        )
+
+    # --- the Lambda control plane (in a worker thread) -------------------------------------------
+
+    def _deploy_function(self, spec: FunctionSpec) -> str:
+        code = spec.artifact.read_bytes()
+        if len(code) > MAX_INLINE_ZIP:
+            raise LaunchFailed(
+                f"the deployment package is {len(code)} bytes, over the {MAX_INLINE_ZIP} bytes Lambda takes inline"
+            )
+        configuration: dict[str, Any] = {
+            "FunctionName": spec.name,
+            "Role": spec.role,
+            "Runtime": spec.runtime,
+            "Handler": spec.handler,
+            "MemorySize": spec.memory_mb,
+            "Timeout": spec.timeout,
+            "Environment": {"Variables": spec.environment},
+        }
+        try:
+            self.client.get_function(FunctionName=spec.name)
+        except self.client.exceptions.ResourceNotFoundException:
+            self.client.create_function(
+                **configuration, Code={"ZipFile": code}, Architectures=[spec.architecture], Tags=spec.tags
+            )
+        else:
+            self.client.update_function_code(FunctionName=spec.name, ZipFile=code, Architectures=[spec.architecture])
+            self._until_ready(spec.name)
+            self.client.update_function_configuration(**configuration)
+            arn = self.client.get_function(FunctionName=spec.name)["Configuration"]["FunctionArn"]
+            self.client.tag_resource(Resource=arn, Tags=spec.tags)
+        self._until_ready(spec.name)
+        return self._function_url(spec.name)
+
+    def _until_ready(self, name: str) -> None:
+        waiter = self.client.get_waiter("function_updated_v2")
+        waiter.wait(FunctionName=name, WaiterConfig={"Delay": 2, "MaxAttempts": int(ACTIVE_DEADLINE / 2)})
+
+    def _function_url(self, name: str) -> str:
+        wanted = {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
+        try:
+            current = self.client.get_function_url_config(FunctionName=name)
+        except self.client.exceptions.ResourceNotFoundException:
+            url = str(self.client.create_function_url_config(FunctionName=name, **wanted)["FunctionUrl"])
+        else:
+            url = str(current["FunctionUrl"])
+            if any(current.get(key) != value for key, value in wanted.items()):
+                self.client.update_function_url_config(FunctionName=name, **wanted)
+        # a Function URL with AuthType NONE still needs this resource policy statement (kept if already there)
+        with contextlib.suppress(self.client.exceptions.ResourceConflictException):
+            self.client.add_permission(
+                FunctionName=name,
+                StatementId="dify-plugin-function-url",
+                Action="lambda:InvokeFunctionUrl",
+                Principal="*",
+                FunctionUrlAuthType="NONE",
+            )
+        return url
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": "aws_lambda",
+            "region": self.client.meta.region_name,
+            "runtime": self.platform.runtime,
+            "architecture": self.platform.architecture,
+            "timeout": self.timeout,
+            "deployments_under_way": sorted(self.deployments),
+        }
