@@ -1021,6 +1021,8 @@ def soak(seconds: float, json_path: Path | None) -> None:
     for kind, count in sorted(result["outcomes"].items(), key=lambda item: -item[1]):
         table.add_row(kind, f"{count:,}", "\n".join(result["examples"].get(kind, [])[:2]))
     console.print(table)
+    for error, count in result["errors"].items():
+        console.print(f"  error events {count:>6,}  {error}")
     console.print(
         f"plugin kills {result['plugin_kills']}, daemon restarts {result['restarts']} "
         f"(stopped in {result['stop_seconds']} s, answering again after {result['restart_seconds']} s): "

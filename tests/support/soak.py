@@ -53,6 +53,19 @@ class Outcome:
     kind: str
     items: int
     detail: str = ""
+    #: for an error event: what failed (its error type and the start of its message)
+    error: str = ""
+
+
+def error_kind(event: dict[str, Any]) -> str:
+    """``error_type: message`` of an error event (the plugin's own, for a PluginInvokeError), cut short."""
+    try:
+        outer = orjson.loads(event["message"])
+        if outer.get("error_type") == "PluginInvokeError":
+            outer = orjson.loads(outer["message"])
+        return f"{outer.get('error_type')}: {str(outer.get('message'))[:48]}"
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        return str(event.get("message"))[:60]
 
 
 async def ticks_call(client: httpx.AsyncClient, count: int, interval: float, *, timeout: float = 120.0) -> Outcome:
@@ -103,7 +116,7 @@ async def ticks_call(client: httpx.AsyncClient, count: int, interval: float, *, 
     if texts != [str(number) for number in range(len(texts))]:
         return Outcome(GARBLED, len(texts), f"items {texts[:20]}")
     if error is not None:
-        return Outcome(ERROR, len(texts), str(error["message"])[:160])
+        return Outcome(ERROR, len(texts), str(error["message"])[:160], error_kind(error))
     if len(texts) != count:
         return Outcome(TRUNCATED, len(texts), f"{len(texts)} of {count} items and a normal end")
     return Outcome(WHOLE, count)
@@ -114,6 +127,8 @@ class SoakReport:
     seconds: float
     callers: int
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: the error events by what failed
+    errors: Counter[str] = field(default_factory=Counter)
     #: a few examples of each outcome other than a whole answer
     examples: dict[str, list[str]] = field(default_factory=dict)
     plugin_kills: int = 0
@@ -133,6 +148,8 @@ class SoakReport:
 
     def record(self, outcome: Outcome) -> None:
         self.outcomes[outcome.kind] += 1
+        if outcome.error:
+            self.errors[outcome.error] += 1
         if outcome.kind != WHOLE:
             examples = self.examples.setdefault(outcome.kind, [])
             if len(examples) < 5:
@@ -144,6 +161,7 @@ class SoakReport:
             "callers": self.callers,
             "calls": self.calls,
             "outcomes": dict(self.outcomes),
+            "errors": dict(self.errors.most_common()),
             "examples": self.examples,
             "plugin_kills": self.plugin_kills,
             "restarts": self.restarts,

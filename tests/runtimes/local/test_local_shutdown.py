@@ -20,7 +20,7 @@ from tests.support.soak import ERROR, WHOLE, ticks_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-GRACE = 3.0
+GRACE = 4.0
 
 
 @pytest.fixture
