@@ -33,11 +33,10 @@ import anyio.to_thread
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from plugin_daemon.config import load_settings
-from plugin_daemon.packages import PackageError, decode_package
 from plugin_daemon_local.environment import find_uv
 from plugin_daemon_serverless.connector.local.provider import Deployment
 from plugin_daemon_serverless.connector.options import ConnectorOptions
-from plugin_daemon_serverless.connector.provider import Provider
+from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider, check_launch_package
 from plugin_daemon_serverless.sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
 
 from .package import PackageBuildError, Platform, build_deployment_package
@@ -55,10 +54,6 @@ EXEC_WRAPPER = "/var/task/bootstrap"
 TAG_CHECKSUM = "dify-plugin-checksum"
 TAG_IDENTIFIER = "dify-plugin-identifier"
 _UNSAFE = re.compile(r"[^a-z0-9-]+")
-
-
-class LaunchFailed(Exception):
-    pass
 
 
 def memory_mb(declaration: dict[str, Any]) -> int:
@@ -187,19 +182,8 @@ class AwsLambdaProvider(Provider):
             deployment.finish()
 
     def _check(self, filename: str, package: bytes, metadata: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
-        try:
-            decoded = decode_package(package, max_size=self.options.max_package_size)
-        except PackageError as exc:
-            raise LaunchFailed(f"invalid package: {exc.message}") from exc
-        identifier = str(decoded.identifier)
-        wanted = metadata.get("plugin_unique_identifier")
-        if wanted and wanted != identifier:
-            raise LaunchFailed(f"the package is {identifier}, not {wanted}")
-        parsed = decoded.identifier
-        expected = f"{parsed.author}@{parsed.name}@{parsed.version}@{decoded.checksum}.difypkg"
-        if filename != expected:
-            raise LaunchFailed(f"the package file is named {filename!r}; its content is {expected!r}")
-        return decoded.declaration, identifier, decoded.checksum
+        decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
+        return decoded.declaration, str(decoded.identifier), decoded.checksum
 
     def _spec(
         self, name: str, declaration: dict[str, Any], identifier: str, checksum: str, archive: Path

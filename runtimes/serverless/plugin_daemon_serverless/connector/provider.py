@@ -17,16 +17,39 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from plugin_daemon.packages import PackageError, decode_package
 from stevedore import driver
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
+    from plugin_daemon.packages.decode import DecodedPackage
     from starlette.routing import BaseRoute
 
     from ..sri import FunctionInfo, LaunchEvent
     from .options import ConnectorOptions
 
 NAMESPACE = "plugin_daemon.serverless.providers"
+
+
+class LaunchFailed(Exception):
+    """A launch cannot go on; the message says why (it becomes the ``failed`` event's message)."""
+
+
+def check_launch_package(filename: str, package: bytes, metadata: dict[str, Any], *, max_size: int) -> DecodedPackage:
+    """The package of a launch, decoded; it must be the one its filename and metadata name."""
+    try:
+        decoded = decode_package(package, max_size=max_size)
+    except PackageError as exc:
+        raise LaunchFailed(f"invalid package: {exc.message}") from exc
+    identifier = str(decoded.identifier)
+    wanted = metadata.get("plugin_unique_identifier")
+    if wanted and wanted != identifier:
+        raise LaunchFailed(f"the package is {identifier}, not {wanted}")
+    parsed = decoded.identifier
+    expected = f"{parsed.author}@{parsed.name}@{parsed.version}@{decoded.checksum}.difypkg"
+    if filename != expected:
+        raise LaunchFailed(f"the package file is named {filename!r}; its content is {expected!r}")
+    return decoded
 
 
 class Provider(ABC):

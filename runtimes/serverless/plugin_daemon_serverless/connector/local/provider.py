@@ -20,7 +20,6 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from plugin_daemon.config import load_settings
-from plugin_daemon.packages import PackageError, decode_package
 from plugin_daemon.quickack import quickack_transport
 from plugin_daemon.runtime import PluginSpec
 from plugin_daemon_local.environment import EnvironmentBuilder, EnvironmentBuildError, PluginLayout
@@ -28,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from ...sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
 from ..options import ConnectorOptions
-from ..provider import Provider
+from ..provider import LaunchFailed, Provider, check_launch_package
 from .front import Front
 from .function import FunctionStartError, LocalFunction
 from .registry import FunctionEntry, Registry
@@ -206,18 +205,8 @@ class LocalProvider(Provider):
             deployment.finish()
 
     def _check_package(self, filename: str, package: bytes, verified: bool, metadata: dict[str, Any]) -> FunctionEntry:
-        try:
-            decoded = decode_package(package, max_size=self.options.max_package_size)
-        except PackageError as exc:
-            raise LaunchFailed(f"invalid package: {exc.message}") from exc
+        decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
         identifier = str(decoded.identifier)
-        wanted = metadata.get("plugin_unique_identifier")
-        if wanted and wanted != identifier:
-            raise LaunchFailed(f"the package is {identifier}, not {wanted}")
-        parsed = decoded.identifier
-        expected = f"{parsed.author}@{parsed.name}@{parsed.version}@{decoded.checksum}.difypkg"
-        if filename != expected:
-            raise LaunchFailed(f"the package file is named {filename!r}; its content is {expected!r}")
         path = self.options.home / "packages" / filename
         path.write_bytes(package)
         return FunctionEntry(
@@ -289,7 +278,3 @@ class LocalProvider(Provider):
             "lookups": self.lookups,
             "functions": {name: function.describe() for name, function in self.functions.items()},
         }
-
-
-class LaunchFailed(Exception):
-    pass
