@@ -63,6 +63,9 @@ def error_kind(event: dict[str, Any]) -> str:
         outer = orjson.loads(event["message"])
         if outer.get("error_type") == "PluginInvokeError":
             outer = orjson.loads(outer["message"])
+        reason = (outer.get("args") or {}).get("reason") if isinstance(outer.get("args"), dict) else None
+        if reason:  # "plugin <identifier> is not available (<reason>)": the reason says it
+            return f"{outer.get('error_type')}: not available ({reason})"
         return f"{outer.get('error_type')}: {str(outer.get('message'))[:48]}"
     except (orjson.JSONDecodeError, TypeError, AttributeError):
         return str(event.get("message"))[:60]
