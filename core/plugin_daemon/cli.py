@@ -1,4 +1,4 @@
-"""The ``plugin-daemon`` command line: serve, package, plugins (and what extensions add)."""
+"""The ``plugin-daemon`` command line: serve, package, and the registration of the other commands."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from plugin_daemon import __version__
+from plugin_daemon import __version__, manage_cli
 from plugin_daemon.config import Settings, SettingsError, load_settings
+from plugin_daemon.extensions_cli import extensions, plugins_alias
 from plugin_daemon.hardening import KEY_FILE
 from plugin_daemon.plugins import load_extensions
 from plugin_daemon.signature_cli import signature
@@ -145,81 +145,8 @@ def package(folder: Path, output: Path | None) -> None:
     click.echo(str(identifier))  # alone on stdout, for scripts
 
 
-@cli.command()
-@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--tenant", required=True, help="The Dify tenant (workspace) id to install for.")
-@click.option("--url", default=None, help="The daemon's URL (default http://SERVER_HOST:SERVER_PORT).")
-@click.option("--key", default=None, help="The daemon's SERVER_KEY (default: from the environment or data folder).")
-@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds to wait for the install.")
-def install(package_file: Path, tenant: str, url: str | None, key: str | None, timeout: float) -> None:
-    """Upload PACKAGE_FILE to a running daemon and install it for a tenant, showing progress."""
-    import time
-
-    import httpx
-
-    settings = load_settings()
-    if key is None:
-        key_path = settings.home / KEY_FILE
-        key = settings.SERVER_KEY or (key_path.read_text().strip() if key_path.is_file() else "")
-    host = "127.0.0.1" if settings.SERVER_HOST in ("0.0.0.0", "::", "") else settings.SERVER_HOST
-    base = url or f"http://{host}:{settings.SERVER_PORT}"
-    with httpx.Client(base_url=base, headers={"X-Api-Key": key}, timeout=120) as client:
-
-        def data_of(response: httpx.Response) -> object:
-            body = response.json()
-            if body.get("code") != 0:
-                raise click.ClickException(str(body.get("message")))
-            return body["data"]
-
-        with console.status(f"uploading {package_file.name}..."):
-            decoded = data_of(
-                client.post(
-                    f"/plugin/{tenant}/management/install/upload/package",
-                    files={"dify_pkg": (package_file.name, package_file.read_bytes(), "application/octet-stream")},
-                )
-            )
-        identifier = decoded["unique_identifier"]  # type: ignore[index]
-        started = data_of(
-            client.post(
-                f"/plugin/{tenant}/management/install/identifiers",
-                json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
-            )
-        )
-        if started["all_installed"]:  # type: ignore[index]
-            console.print(f"{identifier} is installed for tenant {tenant} already")
-            return
-        task_id = started["task_id"]  # type: ignore[index]
-        deadline = time.monotonic() + timeout
-        with console.status(f"installing {identifier}...") as status:
-            while True:
-                task = data_of(client.get(f"/plugin/{tenant}/management/install/tasks/{task_id}"))
-                plugin = task["plugins"][0]  # type: ignore[index]
-                status.update(f"installing {identifier}: {plugin['message']}")
-                if task["status"] in ("success", "failed"):  # type: ignore[index]
-                    break
-                if time.monotonic() > deadline:
-                    raise click.ClickException(f"the install did not finish within {timeout:g} s")
-                time.sleep(0.5)
-    if task["status"] == "failed":  # type: ignore[index]
-        raise click.ClickException(f"install failed: {plugin['message']}")
-    console.print(f"installed {identifier} for tenant {tenant}")
-
-
-@cli.command()
-def plugins() -> None:
-    """List the extensions (runtimes, routes, services) this daemon loads."""
-    settings = load_settings()
-    manager = load_extensions(settings.disabled_extensions)
-    table = Table("name", "module", "distribution", "version", "state")
-    for extension in manager.extensions:
-        state = "blocked" if extension.blocked else (f"error: {extension.error}" if extension.error else "loaded")
-        table.add_row(extension.name, extension.module, extension.distribution, extension.version, state)
-    Console().print(table)
-    runtimes = ", ".join(sorted(manager.runtime_factories())) or "none"
-    Console().print(f"runtimes: {runtimes}")
-
-
-cli.add_command(signature)
+for command in (*manage_cli.COMMANDS, extensions, plugins_alias, signature):
+    cli.add_command(command)
 
 
 def main() -> None:

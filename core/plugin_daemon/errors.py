@@ -53,6 +53,12 @@ class NotFound(DaemonError):
     error_type = "PluginDaemonNotFoundError"
 
 
+class MethodNotAllowed(DaemonError):
+    code = -405
+    error_type = "PluginDaemonMethodNotAllowedError"
+    http_status = 405
+
+
 class PluginNotFound(DaemonError):
     code = -404
     error_type = "PluginNotFoundError"

@@ -2,7 +2,7 @@
 
 The core ships no runtime and imports none: the built-in runtimes are found here exactly like a
 third party's. An operator can block an extension by its entry-point name
-(``DISABLED_EXTENSIONS=serverless,...``) and list what was loaded (``plugin-daemon plugins``,
+(``DISABLED_EXTENSIONS=serverless,...``) and list what was loaded (``plugin-daemon extensions``,
 ``GET /plugin/extensions``).
 """
 
@@ -120,6 +120,27 @@ class ExtensionManager:
 
     def add_commands(self, cli: click.Group) -> None:
         self.pm.hook.plugin_daemon_register_commands(cli=cli)
+
+    def registrations(self, name: str) -> dict[str, list[str]]:
+        """What the extension ``name`` registers: runtimes, routes, services and commands, by name."""
+        import click
+
+        found: dict[str, list[str]] = {"runtimes": [], "routes": [], "services": [], "commands": []}
+        group = click.Group()
+        calls: dict[str, dict[str, object]] = {
+            "plugin_daemon_register_runtimes": {"register": lambda key, _factory: found["runtimes"].append(key)},
+            "plugin_daemon_register_routes": {
+                "register": lambda route: found["routes"].append(str(getattr(route, "path", route)))
+            },
+            "plugin_daemon_register_services": {"register": lambda key, _factory: found["services"].append(key)},
+            "plugin_daemon_register_commands": {"cli": group},
+        }
+        for hook_name, arguments in calls.items():
+            for implementation in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if implementation.plugin_name == name:
+                    implementation.function(**arguments)
+        found["commands"] = sorted(group.commands)
+        return found
 
 
 def load_extensions(blocked: Iterable[str] = ()) -> ExtensionManager:

@@ -255,7 +255,16 @@ def test_auth_health_and_unknown_routes(make_settings) -> None:
 
         unknown = server.client.get("/no/such/route")
         assert unknown.status_code == 404
-        assert unknown.json() == {"code": "not_found", "message": "route not found"}
+        assert unknown.json() == {
+            "code": -404,
+            "message": '{"message":"route not found: GET /no/such/route","error_type":"PluginDaemonNotFoundError",'
+            '"args":null}',
+            "data": None,
+        }
+        wrong_method = server.client.delete(f"/plugin/{TENANT}/management/list")
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["code"] == -405 and wrong_method.json()["data"] is None
+        assert "method not allowed: DELETE" in wrong_method.json()["message"]
 
 
 def zip_files(entries: dict[str, bytes]) -> bytes:

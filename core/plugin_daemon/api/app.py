@@ -13,20 +13,26 @@ from starlette.routing import BaseRoute, Route
 
 from plugin_daemon import metrics
 from plugin_daemon.api import dispatch_routes, endpoint_routes, management
-from plugin_daemon.api.envelope import JSONResponse
+from plugin_daemon.api.envelope import JSONResponse, failure
 from plugin_daemon.api.health import health_check
 from plugin_daemon.api.management import BUNDLE_UPLOAD_SUFFIX
 from plugin_daemon.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from plugin_daemon.connection_limits import ConcurrencyLimitMiddleware
 from plugin_daemon.daemon import Daemon
+from plugin_daemon.errors import MethodNotAllowed, NotFound
+
+
+def _route_named(request: Request) -> str:
+    path = request.url.path
+    return f"{request.method} {path[:200]}{'...' if len(path) > 200 else ''}"
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"code": "not_found", "message": "route not found"}, status_code=404)
+    return failure(NotFound(f"route not found: {_route_named(request)}", http_status=404))
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"code": "method_not_allowed", "message": "method not allowed"}, status_code=405)
+    return failure(MethodNotAllowed(f"method not allowed: {_route_named(request)}"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -215,4 +215,5 @@ def test_endpoints_can_be_switched_off(make_settings, tmp_path: Path) -> None:  
         with httpx.Client(base_url=server.url, timeout=30) as public:
             response = public.get(f"/e/{endpoint['hook_id']}/echo")
         assert response.status_code == 404
-        assert response.json() == {"code": "not_found", "message": "route not found"}
+        assert response.json()["code"] == -404 and response.json()["data"] is None
+        assert "route not found: GET /e/" in response.json()["message"]

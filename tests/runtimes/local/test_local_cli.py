@@ -1,0 +1,111 @@
+"""The management commands against a daemon running real SDK plugins in the local runtime.
+
+Install with progress, list, status (a real pid and memory), invoke a tool and stream an LLM answer
+in a real ``plugin-daemon`` process (printed as it comes), tasks, uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from plugin_daemon.cli import cli
+from plugin_daemon.packages import build_package
+
+from tests.conftest import TEST_KEY
+from tests.runtimes.local.local_runtime_support import PLUGINS, make_settings
+from tests.support.daemon_server import DaemonServer, running_daemon
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.slow
+
+TENANT = "tenant-cli-local"
+INSTALL_DEADLINE = "600"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonServer]:
+    home = tmp_path_factory.mktemp("local-cli-home")
+    with running_daemon(make_settings(home, SERVER_KEY=TEST_KEY, PLATFORM="local")) as running:
+        yield running
+
+
+def environment(server: DaemonServer) -> dict[str, str | None]:
+    return {"PLUGIN_DAEMON_URL": server.url, "PLUGIN_DAEMON_KEY": TEST_KEY, "PLUGIN_DAEMON_TENANT": TENANT}
+
+
+def run(server: DaemonServer, *arguments: str) -> Result:
+    return CliRunner().invoke(cli, list(arguments), env={**environment(server), "SERVER_KEY": None})
+
+
+def install(server: DaemonServer, plugin: str, tmp_path: Path) -> Result:
+    package = tmp_path / f"{plugin}.difypkg"
+    package.write_bytes(build_package(PLUGINS / plugin))
+    result = run(server, "install", str(package), "--runtime", "local", "--timeout", INSTALL_DEADLINE)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_install_list_status_invoke_tasks_uninstall(server: DaemonServer, tmp_path: Path) -> None:
+    installed = install(server, "echo_tool", tmp_path)
+    assert "uploading echo_tool.difypkg..." in installed.stderr
+    assert "installing tester/echo_tool" in installed.stderr
+    assert "installed tester/echo_tool" in installed.stderr
+
+    listing = json.loads(run(server, "list", "--json").stdout)
+    assert [(item["plugin_id"], item["runtime_type"], item["state"]) for item in listing] == [
+        ("tester/echo_tool", "local", "ready")
+    ]
+    status = json.loads(run(server, "status", "tester/echo_tool", "--json").stdout)["plugins"][0]
+    assert status["state"] == "ready" and status["runtime"] == "local"
+    assert isinstance(status["pid"], int) and status["restarts"] == 0 and status["last_error"] is None
+    os.kill(status["pid"], 0)  # a real process
+    table = run(server, "status")
+    assert table.exit_code == 0 and str(status["pid"]) in table.stdout
+
+    echoed = run(server, "invoke", "tester/echo_tool", "echo_tool", "echo", "--param", "text=hello from the cli")
+    assert echoed.exit_code == 0, echoed.output
+    assert echoed.stdout == "hello from the cli\n"
+    failed = run(server, "invoke", "tester/echo_tool", "echo_tool", "fail")
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+
+    tasks = json.loads(run(server, "tasks", "--json").stdout)
+    assert tasks[0]["status"] == "success"
+
+    logs = run(server, "logs", "tester/echo_tool", "--json")
+    assert logs.exit_code == 0, logs.output
+    assert all(isinstance(json.loads(line), dict) for line in logs.stdout.splitlines())
+
+    gone = run(server, "uninstall", "tester/echo_tool")
+    assert gone.exit_code == 0 and "uninstalled tester/echo_tool" in gone.stdout
+    assert json.loads(run(server, "list", "--json").stdout) == []
+
+
+def test_invoke_llm_prints_the_answer_as_it_streams(server: DaemonServer, tmp_path: Path) -> None:
+    install(server, "mock_llm", tmp_path)
+    with OpenAIServer(chunks=5, delay=0.3) as upstream:
+        command = [sys.executable, "-m", "plugin_daemon.cli", "invoke", "tester/mock_llm", "mock_llm", "mock-model"]
+        command += ["--llm", "--prompt", "hello", "--credential", f"endpoint_url={upstream.url}"]
+        environ = {key: value for key, value in os.environ.items() if key != "SERVER_KEY"}
+        environ.update({key: str(value) for key, value in environment(server).items()})
+        process = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None
+        arrivals: list[tuple[float, bytes]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            chunk = os.read(process.stdout.fileno(), 65536)  # returns what is there, as it comes
+            if not chunk:
+                break
+            arrivals.append((time.monotonic(), chunk))
+        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
+        printed = b"".join(chunk for _, chunk in arrivals).decode()
+        assert printed == upstream.expected_content() + "\n"
+        assert len(arrivals) >= 3  # not one write at the end
+        assert arrivals[-1][0] - arrivals[0][0] > 0.6  # 5 chunks 0.3 s apart, printed as they came
