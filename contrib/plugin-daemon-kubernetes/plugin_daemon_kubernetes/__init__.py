@@ -1,0 +1,1 @@
+"""The ``kubernetes`` provider of the serverless connector."""
