@@ -76,7 +76,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (SERVER_HOST, default 0.0.0.0).")
 @click.option("--port", type=int, default=None, help="Port to listen on (SERVER_PORT, default 5002).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option("--access-log", is_flag=True, default=None, help="Log one line per HTTP request (ACCESS_LOG).")
+def serve(host: str | None, port: int | None, access_log: bool | None) -> None:
     """Run the daemon (state under PLUGIN_STORAGE_LOCAL_ROOT, else ./plugin-daemon-data)."""
     from plugin_daemon.init_process import become_init_if_pid_1
 
@@ -92,6 +93,8 @@ def serve(host: str | None, port: int | None) -> None:
     from plugin_daemon.store.database import SchemaError
 
     settings = load_settings()
+    if access_log:
+        object.__setattr__(settings, "ACCESS_LOG", True)
     hardened = harden_process(settings)  # first: the umask covers the log file too
     configure_logging(settings.LOG_LEVEL, settings.LOG_OUTPUT_FORMAT, settings.LOG_FILE)
     log.info("%s", hardened)

@@ -250,6 +250,10 @@ class Settings(BaseSettings):
     LOG_OUTPUT_FORMAT: Literal["text", "json"] = "text"
     #: also append the log to this file (created 0600, its folder 0700), as Go does
     LOG_FILE: Path | None = None
+    # --- access log (operate) -------------------------------------------------------------
+    #: log one line per HTTP request (client, method, path, status, bytes, ms) as plugin_daemon.access
+    ACCESS_LOG: bool = False
+
     #: serve Go's Prometheus metrics at /metrics (no key, as Go)
     PROMETHEUS_ENABLED: bool = True
     #: Go's legacy name for PLUGIN_RUNTIME_MAX_BUFFER_SIZE; wins when set to anything but 5 MiB

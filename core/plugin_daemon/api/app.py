@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from plugin_daemon import metrics
 from plugin_daemon.api import dispatch_routes, endpoint_routes, management
+from plugin_daemon.api.access_log import AccessLogMiddleware
 from plugin_daemon.api.envelope import JSONResponse, failure
 from plugin_daemon.api.health import health_check
 from plugin_daemon.api.management import BUNDLE_UPLOAD_SUFFIX
@@ -77,8 +78,10 @@ def create_app(daemon: Daemon, *, relaunch: bool = True) -> Starlette:
     )
     if settings.PROMETHEUS_ENABLED:
         app.add_middleware(metrics.HttpMetricsMiddleware)  # every answer past the concurrency cap is counted
-    # outermost: refused at once past the cap, or once shutting down
+    # refused at once past the cap, or once shutting down
     app.add_middleware(
         ConcurrencyLimitMiddleware, limit=settings.SERVER_MAX_CONCURRENT_REQUESTS, shutdown=daemon.shutdown
     )
+    if settings.ACCESS_LOG:  # outermost: a request refused at the cap is logged too
+        app.add_middleware(AccessLogMiddleware)
     return app
