@@ -984,6 +984,48 @@ async def _other_runtimes(
             report.add(Figure(f"echo tool, {row.runtime}", "benchmark", "", ok=False, note=str(exc)[:80]))
 
 
+async def run_scale(count: int) -> Report:
+    """The rows of ``count`` installed plugins (``--scale``)."""
+    from scale import measure_scale
+
+    report = Report()
+    report.facts.update({"cpus": os.cpu_count(), "python": platform.python_version(), "scale": count})
+    scratch = Path(tempfile.mkdtemp(prefix="plugin-daemon-scale-"))
+    working_path = CACHE / "cwd"
+
+    async def warm_start(package: bytes) -> list[float]:
+        return await measure_warm_start(
+            lambda: spec_of_package(package, scratch / "warm.difypkg"), working_path, scratch / "warm-home", 5
+        )
+
+    async def import_time(layout: Path) -> list[float]:
+        return await asyncio.to_thread(sdk_import_times, layout / ".venv/bin/python", layout, 5)
+
+    try:
+        rows, facts = await measure_scale(
+            count, scratch, working_path, PLUGINS / "echo_tool", warm_start, import_time, console.print
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for row in rows:
+        report.add(
+            Figure(
+                f"{count} installed plugins",
+                row.name,
+                row.unit,
+                daemon=row.value,
+                direct=row.reference,
+                compared=row.value - row.reference if row.reference is not None else None,
+                compare="overhead",
+                target=row.target,
+                ok=row.ok,
+                note=row.note,
+            )
+        )
+    report.facts.update(facts)
+    return report
+
+
 def _jsonable(report: Report) -> dict[str, Any]:
     return {
         "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]),
@@ -1037,6 +1079,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="shorter windows, one round (a smoke run)")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="instead of the benchmark: the rows of N installed plugins (memory idle / 5 / N in use, cold call, "
+        "restart, disk; benchmarks/scale.py)",
+    )
     parser.add_argument("--skip-isolation", action="store_true", help="skip the isolation on vs off phase")
     parser.add_argument("--loadgen", choices=("auto", "python", "wrk"), default="auto", help="auto: wrk when installed")
     parser.add_argument(
@@ -1050,10 +1099,11 @@ def main() -> None:
     if args.soak:
         soak(args.soak, args.json)
     began = time.perf_counter()
-    report = _new_loop()(run(args))  # type: ignore[arg-type]
+    report = _new_loop()(run_scale(args.scale) if args.scale else run(args))  # type: ignore[arg-type]
     report.facts["seconds"] = round(time.perf_counter() - began, 1)
     print_report(report)
-    console.print(f"[dim]{report.facts['seconds']} s; load generator: {report.facts['load_generator']}[/dim]")
+    generator = report.facts.get("load_generator", "none")
+    console.print(f"[dim]{report.facts['seconds']} s; load generator: {generator}[/dim]")
     if args.json:
         args.json.write_text(json.dumps(_jsonable(report), indent=2))
     sys.exit(0 if report.ok else 1)
