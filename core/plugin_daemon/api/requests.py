@@ -65,8 +65,8 @@ def tenant(request: Request) -> str:
 
 
 def check_tenant(tenant_id: str, *, uuid_only: bool = False) -> str:
-    """Dify's tenant ids are UUIDs; where the database stores them as uuid (the Go daemon's schema on
-    PostgreSQL) nothing else can be taken."""
+    """Dify's tenant ids are UUIDs; where the database stores them as such (the Go daemon's schema on
+    PostgreSQL and MySQL) nothing else can be taken."""
     if not tenant_id or len(tenant_id) > 64:
         raise BadRequest("tenant_id must be 1 to 64 characters")
     if uuid_only and not is_uuid(tenant_id):

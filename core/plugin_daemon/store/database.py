@@ -269,8 +269,9 @@ class Database:
 
     @property
     def tenant_ids_are_uuids(self) -> bool:
-        """Whether tenant ids must be UUIDs: the Go schema's uuid columns on PostgreSQL take nothing else."""
-        return self.dialect == "postgresql"
+        """Whether tenant ids must be UUIDs: the Go schema's tenant columns are uuid on PostgreSQL and
+        char(36) on MySQL; only SQLite takes anything."""
+        return self.dialect in ("postgresql", "mysql", "mariadb")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -264,5 +264,5 @@ class KeyValueRow(Base):
     __tablename__ = "plugin_daemon_kv"
     namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    value: Mapped[str] = mapped_column(Text().with_variant(Text(), "postgresql"))
+    value: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime | None] = mapped_column(GoDateTime, nullable=True)
