@@ -25,7 +25,6 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 from plugin_daemon.packages import build_package, decode_package
-from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon_aws_lambda.function_runtime import PRELUDE_SEPARATOR, STREAM_CONTENT_TYPE
 from plugin_daemon_aws_lambda.package import BOOTSTRAP, Platform
 from plugin_daemon_aws_lambda.provider import AwsLambdaProvider, lambda_function_name, memory_mb
@@ -37,7 +36,7 @@ from plugin_daemon_serverless.connector_client import ConnectorClient
 from plugin_daemon_serverless.signing import SIGNATURE_HEADER, sign
 from plugin_daemon_serverless.sri import package_filename
 
-from tests.runtimes.local.local_runtime_support import PLUGINS
+from tests.runtimes.local.local_runtime_support import PLUGINS, tool_request
 from tests.support.daemon_server import AppServer, free_port
 from tests.support.go_sri import GoSRIClient
 from tests.support.lambda_runtime_api import LambdaRuntimeAPI
@@ -260,25 +259,13 @@ def split_prelude(body: bytes) -> tuple[dict[str, Any], bytes]:
     return orjson.loads(prelude), rest
 
 
-def tool_request(tool: str, parameters: dict[str, Any]) -> bytes:
-    data = {
-        "user_id": "user-1",
-        "type": "tool",
-        "action": "invoke_tool",
-        "provider": "echo_tool",
-        "tool": tool,
-        "tool_parameters": parameters,
-        "credentials": {},
-        "credential_type": "api-key",
-    }
-    return encode_request("lambda-session-1", data)
-
-
 @pytest.mark.slow
 def test_the_built_package_streams_a_plugins_answer_to_a_function_url_event(
     function_process: LambdaRuntimeAPI,
 ) -> None:
-    request_id = function_process.invoke(url_event(tool_request("ticks", {"count": 3, "interval": 0.5})))
+    request_id = function_process.invoke(
+        url_event(tool_request("lambda-session-1", "echo_tool", "ticks", {"count": 3, "interval": 0.5}))
+    )
     answer = function_process.answer(request_id, CALL_DEADLINE)
     assert answer.headers["lambda-runtime-function-response-mode"] == "streaming"
     assert answer.headers["content-type"] == STREAM_CONTENT_TYPE
@@ -295,7 +282,7 @@ def test_the_built_package_streams_a_plugins_answer_to_a_function_url_event(
 
 @pytest.mark.slow
 def test_the_built_package_refuses_unsigned_and_unknown_calls(function_process: LambdaRuntimeAPI) -> None:
-    body = tool_request("echo", {"text": "hi"})
+    body = tool_request("lambda-session-1", "echo_tool", "echo", {"text": "hi"})
     unsigned = function_process.answer(function_process.invoke(url_event(body, signed=False)), CALL_DEADLINE)
     prelude, rest = split_prelude(unsigned.body)
     assert prelude["statusCode"] == 401 and orjson.loads(rest)["errorType"] == "Unauthorized"

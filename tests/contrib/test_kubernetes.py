@@ -15,7 +15,6 @@ import httpx
 import pytest
 from plugin_daemon.config import load_settings
 from plugin_daemon.packages import build_package, decode_package
-from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon_kubernetes.provider import KubernetesProvider, memory_quantity, object_name, package_token
 from plugin_daemon_local.environment import find_uv
 from plugin_daemon_serverless.connector.app import create_connector_app
@@ -24,7 +23,7 @@ from plugin_daemon_serverless.connector.provider import load_provider
 from plugin_daemon_serverless.connector_client import ConnectorClient
 from plugin_daemon_serverless.sri import FunctionInfo, package_filename
 
-from tests.runtimes.local.local_runtime_support import PLUGINS, SHARED_WORK
+from tests.runtimes.local.local_runtime_support import PLUGINS, SHARED_WORK, tool_request
 from tests.support.daemon_server import AppServer, free_port
 from tests.support.go_sri import GoSRIClient
 from tests.support.kube_api import KubeAPIStandIn
@@ -112,19 +111,11 @@ def launch(cluster: Cluster, package: tuple[str, bytes]) -> FunctionInfo:
 
 def call_echo(endpoint: str, text: str) -> list[dict[str, Any]]:
     """The function called exactly as the Go daemon calls it; its session messages."""
-    request = {
-        "user_id": "user-1",
-        "type": "tool",
-        "action": "invoke_tool",
-        "provider": "echo_tool",
-        "tool": "echo",
-        "tool_parameters": {"text": text},
-        "credentials": {},
-        "credential_type": "api-key",
-    }
     go = GoSRIClient("http://unused.invalid", CONNECTOR_KEY)
     try:
-        result = go.invoke(endpoint, "kube-session", "invoke_tool", encode_request("kube-session", request))
+        result = go.invoke(
+            endpoint, "kube-session", "invoke_tool", tool_request("kube-session", "echo_tool", "echo", {"text": text})
+        )
     finally:
         go.close()
     assert result.errors == []

@@ -34,10 +34,10 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from plugin_daemon.config import load_settings
 from plugin_daemon_local.environment import find_uv
-from plugin_daemon_serverless.connector.local.provider import Deployment
+from plugin_daemon_serverless.connector.deployments import Deployment, Deployments
 from plugin_daemon_serverless.connector.options import ConnectorOptions
 from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider, check_launch_package
-from plugin_daemon_serverless.sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
+from plugin_daemon_serverless.sri import RUNNING, SUCCESS, FunctionInfo, LaunchEvent
 
 from .package import PackageBuildError, Platform, build_deployment_package
 from .serverless_yml import SECRET_NAME, FunctionSpec, write_serverless_yml
@@ -91,17 +91,18 @@ class AwsLambdaProvider(Provider):
         self.uv = find_uv(load_settings(PLUGIN_DAEMON_HOME=options.home))
         # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (the name Lambda and most tools use) is passed on
         self.client = boto3.client("lambda", region_name=os.environ.get("AWS_REGION") or None)
-        self.deployments: dict[str, Deployment] = {}
-        self._group: anyio.abc.TaskGroup | None = None
+        self.deployments = Deployments(
+            "aws_lambda", (LaunchFailed, PackageBuildError, ClientError, BotoCoreError, OSError)
+        )
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as group:
-            self._group = group
+            self.deployments.group = group
             task_status.started()
             try:
                 await anyio.sleep_forever()
             finally:
-                self._group = None
+                self.deployments.group = None
 
     # --- the SRI ------------------------------------------------------------------------------
 
@@ -127,59 +128,39 @@ class AwsLambdaProvider(Provider):
             state=str(configuration.get("State") or ""),
         )
 
-    async def launch(
+    def launch(
         self, filename: str, package: bytes, *, verified: bool, metadata: dict[str, Any]
     ) -> AsyncIterator[LaunchEvent]:
-        deployment = self.deployments.get(filename)
-        if deployment is None:
-            if self._group is None:
-                raise RuntimeError("the aws_lambda provider is not serving")
-            deployment = Deployment()
-            self.deployments[filename] = deployment
-            self._group.start_soon(self._deploy, deployment, filename, package, metadata)
-        async for event in deployment.follow():
-            yield event
+        return self.deployments.launch(
+            filename, lambda deployment: self._deploy(deployment, filename, package, metadata)
+        )
 
     async def _deploy(self, deployment: Deployment, filename: str, package: bytes, metadata: dict[str, Any]) -> None:
-        try:
-            deployment.emit("healthz", RUNNING, "checking the package")
-            declaration, identifier, checksum = self._check(filename, package, metadata)
-            existing = await self.find(filename)
-            if existing is not None:
-                deployment.emit("healthz", SUCCESS, "function already deployed")
-                deployment.emit("run", SUCCESS, run_message(existing.endpoint, existing.name, existing.id))
-                deployment.emit("end", SUCCESS, "Plugin launched")
-                return
-            deployment.emit("healthz", SUCCESS, f"package {identifier}")
-            name = lambda_function_name(filename)
-            folder = self.folder / name
-            deployment.emit("start", RUNNING, "building the deployment package")
-            entrypoint = str(((declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
-            archive = await build_deployment_package(
-                package,
-                entrypoint,
-                folder / f"{name}-{self.platform.runtime}-{self.platform.architecture}.zip",
-                uv=self.uv,
-                platform=self.platform,
-                progress=lambda line: deployment.emit("build", RUNNING, line),
-            )
-            deployment.emit("build", SUCCESS, "deployment package ready")
-            spec = self._spec(name, declaration, identifier, checksum, archive)
-            deployment.emit("run", RUNNING, f"deploying {name}")
-            url = await anyio.to_thread.run_sync(self._deploy_function, spec)
-            write_serverless_yml(spec, folder)
-            deployment.emit("run", SUCCESS, run_message(url, name, checksum[:32]))
-            deployment.emit("end", SUCCESS, "Plugin launched")
-        except (LaunchFailed, PackageBuildError, ClientError, BotoCoreError, OSError) as exc:
-            log.warning("launch of %s failed: %s", filename, exc)
-            stage = deployment.events[-1].stage if deployment.events else "healthz"
-            deployment.emit(stage, FAILED, str(exc))
-        except Exception as exc:
-            log.exception("launch of %s failed", filename)
-            deployment.emit("end", FAILED, f"internal error: {exc!r}")
-        finally:
-            self.deployments.pop(filename, None)
-            deployment.finish()
+        deployment.emit("healthz", RUNNING, "checking the package")
+        declaration, identifier, checksum = self._check(filename, package, metadata)
+        existing = await self.find(filename)
+        if existing is not None:
+            deployment.already_deployed(existing)
+            return
+        deployment.emit("healthz", SUCCESS, f"package {identifier}")
+        name = lambda_function_name(filename)
+        folder = self.folder / name
+        deployment.emit("start", RUNNING, "building the deployment package")
+        entrypoint = str(((declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
+        archive = await build_deployment_package(
+            package,
+            entrypoint,
+            folder / f"{name}-{self.platform.runtime}-{self.platform.architecture}.zip",
+            uv=self.uv,
+            platform=self.platform,
+            progress=lambda line: deployment.emit("build", RUNNING, line),
+        )
+        deployment.emit("build", SUCCESS, "deployment package ready")
+        spec = self._spec(name, declaration, identifier, checksum, archive)
+        deployment.emit("run", RUNNING, f"deploying {name}")
+        url = await anyio.to_thread.run_sync(self._deploy_function, spec)
+        write_serverless_yml(spec, folder)
+        deployment.launched(url, name, checksum[:32])
 
     def _check(self, filename: str, package: bytes, metadata: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
         decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
@@ -271,5 +252,5 @@ class AwsLambdaProvider(Provider):
             "runtime": self.platform.runtime,
             "architecture": self.platform.architecture,
             "timeout": self.timeout,
-            "deployments_under_way": sorted(self.deployments),
+            "deployments_under_way": sorted(self.deployments.under_way),
         }

@@ -31,11 +31,11 @@ from typing import Any
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup, TaskStatus
-from plugin_daemon_serverless.connector.local.provider import Deployment
+from anyio.abc import TaskStatus
+from plugin_daemon_serverless.connector.deployments import Deployment, Deployments
 from plugin_daemon_serverless.connector.options import ConnectorOptions
 from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider, check_launch_package
-from plugin_daemon_serverless.sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
+from plugin_daemon_serverless.sri import RUNNING, SUCCESS, FunctionInfo, LaunchEvent
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -132,9 +132,8 @@ class KubernetesProvider(Provider):
         self.ready_timeout = float(os.environ.get("KUBERNETES_READY_TIMEOUT", "600"))
         self.api = KubeAPI()
         self.packages = options.home / "packages"
-        self.deployments: dict[str, Deployment] = {}
+        self.deployments = Deployments("kubernetes", (LaunchFailed, httpx.HTTPError, OSError, TimeoutError))
         self.knative: bool | None = None
-        self._group: TaskGroup | None = None
 
     @staticmethod
     def _own_namespace() -> str:
@@ -148,12 +147,12 @@ class KubernetesProvider(Provider):
         )
         log.info("kubernetes provider: namespace %s, %s", self.namespace, "Knative" if self.knative else "Deployments")
         async with anyio.create_task_group() as group:
-            self._group = group
+            self.deployments.group = group
             task_status.started()
             try:
                 await anyio.sleep_forever()
             finally:
-                self._group = None
+                self.deployments.group = None
 
     async def aclose(self) -> None:
         await self.api.client.aclose()
@@ -197,52 +196,32 @@ class KubernetesProvider(Provider):
         url = self.service_url.format(name=name, namespace=self.namespace)
         return (url if available > 0 else ""), f"{available} available"
 
-    async def launch(
+    def launch(
         self, filename: str, package: bytes, *, verified: bool, metadata: dict[str, Any]
     ) -> AsyncIterator[LaunchEvent]:
-        deployment = self.deployments.get(filename)
-        if deployment is None:
-            if self._group is None:
-                raise RuntimeError("the kubernetes provider is not serving")
-            deployment = Deployment()
-            self.deployments[filename] = deployment
-            self._group.start_soon(self._deploy, deployment, filename, package, metadata)
-        async for event in deployment.follow():
-            yield event
+        return self.deployments.launch(
+            filename, lambda deployment: self._deploy(deployment, filename, package, metadata)
+        )
 
     async def _deploy(self, deployment: Deployment, filename: str, package: bytes, metadata: dict[str, Any]) -> None:
-        try:
-            deployment.emit("healthz", RUNNING, "checking the package")
-            decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
-            existing = await self.find(filename)
-            if existing is not None:
-                deployment.emit("healthz", SUCCESS, "function already deployed")
-                deployment.emit("run", SUCCESS, run_message(existing.endpoint, existing.name, existing.id))
-                deployment.emit("end", SUCCESS, "Plugin launched")
-                return
-            deployment.emit("healthz", SUCCESS, f"package {decoded.identifier}")
-            name = object_name(filename)
-            deployment.emit("start", RUNNING, "keeping the package for the runner")
-            await anyio.to_thread.run_sync(self._keep_package, filename, package)
-            deployment.emit("build", RUNNING, "the runner builds the environment in its pod")
-            objects = self.manifests(name, filename, decoded.declaration, str(decoded.identifier), decoded.checksum)
-            paths = self._paths(name)
-            for kind, body in objects.items():
-                await self.api.apply(paths[kind], body)
-                deployment.emit("run", RUNNING, f"applied {body['kind']} {self.namespace}/{name}")
-            endpoint = await self._until_ready(name, paths["knative" if self.knative else "deployment"])
-            deployment.emit("run", SUCCESS, run_message(endpoint, name, decoded.checksum[:32]))
-            deployment.emit("end", SUCCESS, "Plugin launched")
-        except (LaunchFailed, httpx.HTTPError, OSError, TimeoutError) as exc:
-            log.warning("launch of %s failed: %s", filename, exc)
-            stage = deployment.events[-1].stage if deployment.events else "healthz"
-            deployment.emit(stage, FAILED, str(exc) or type(exc).__name__)
-        except Exception as exc:
-            log.exception("launch of %s failed", filename)
-            deployment.emit("end", FAILED, f"internal error: {exc!r}")
-        finally:
-            self.deployments.pop(filename, None)
-            deployment.finish()
+        deployment.emit("healthz", RUNNING, "checking the package")
+        decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
+        existing = await self.find(filename)
+        if existing is not None:
+            deployment.already_deployed(existing)
+            return
+        deployment.emit("healthz", SUCCESS, f"package {decoded.identifier}")
+        name = object_name(filename)
+        deployment.emit("start", RUNNING, "keeping the package for the runner")
+        await anyio.to_thread.run_sync(self._keep_package, filename, package)
+        deployment.emit("build", RUNNING, "the runner builds the environment in its pod")
+        objects = self.manifests(name, filename, decoded.declaration, str(decoded.identifier), decoded.checksum)
+        paths = self._paths(name)
+        for kind, body in objects.items():
+            await self.api.apply(paths[kind], body)
+            deployment.emit("run", RUNNING, f"applied {body['kind']} {self.namespace}/{name}")
+        endpoint = await self._until_ready(name, paths["knative" if self.knative else "deployment"])
+        deployment.launched(endpoint, name, decoded.checksum[:32])
 
     def _keep_package(self, filename: str, package: bytes) -> None:
         temporary = self.packages / f".{filename}.tmp"
@@ -366,5 +345,5 @@ class KubernetesProvider(Provider):
             "namespace": self.namespace,
             "knative": self.knative,
             "image": self.image,
-            "deployments_under_way": sorted(self.deployments),
+            "deployments_under_way": sorted(self.deployments.under_way),
         }

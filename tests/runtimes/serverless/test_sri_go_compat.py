@@ -18,11 +18,10 @@ import anyio
 import httpx
 import pytest
 from plugin_daemon.packages import build_package, decode_package
-from plugin_daemon.protocol.messages import encode_request
 from plugin_daemon_serverless.connector_client import ConnectorClient, ConnectorError
 from plugin_daemon_serverless.sri import FunctionInfo, package_filename
 
-from tests.runtimes.local.local_runtime_support import PLUGINS
+from tests.runtimes.local.local_runtime_support import PLUGINS, tool_request
 from tests.runtimes.serverless.serverless_support import CONNECTOR_KEY, ConnectorServer, running_connector
 from tests.support.daemon_server import AppServer
 from tests.support.go_sri import GoSRIClient, GoStyleConnector
@@ -146,17 +145,9 @@ def test_go_client_launches_and_invokes_a_function_of_our_connector(
     found = go_client.fetch_function(filename)
     assert found == {"function_name": name, "function_drn": f"local:function:{name}", "function_url": url}
 
-    request = {
-        "user_id": "user-1",
-        "type": "tool",
-        "action": "invoke_tool",
-        "provider": "echo_tool",
-        "tool": "echo",
-        "tool_parameters": {"text": "from go"},
-        "credentials": {},
-        "credential_type": "api-key",
-    }
-    result = go_client.invoke(url, "go-session-1", "invoke_tool", encode_request("go-session-1", request))
+    result = go_client.invoke(
+        url, "go-session-1", "invoke_tool", tool_request("go-session-1", "echo_tool", "echo", {"text": "from go"})
+    )
     assert result.errors == []
     assert [message["type"] for message in result.messages] == ["stream", "end"]
     assert result.messages[0]["data"]["message"] == {"text": "from go"}

@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ from plugin_daemon.runtime import PluginSpec
 from plugin_daemon_local.environment import EnvironmentBuilder, EnvironmentBuildError, PluginLayout
 from starlette.routing import BaseRoute, Route
 
-from ...sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
+from ...sri import RUNNING, SUCCESS, FunctionInfo, LaunchEvent
+from ..deployments import Deployment, Deployments
 from ..options import ConnectorOptions
 from ..provider import LaunchFailed, Provider, check_launch_package
 from .front import Front
@@ -44,35 +44,6 @@ def function_name(identifier: str, checksum: str) -> str:
     return f"{stem}-{checksum[:12]}"
 
 
-@dataclass
-class Deployment:
-    """A launch under way: its events so far; followers replay them and wait for more."""
-
-    events: list[LaunchEvent] = field(default_factory=list)
-    finished: bool = False
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def emit(self, stage: str, state: str, message: str = "") -> None:
-        self.events.append(LaunchEvent(stage, state, message))
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    def finish(self) -> None:
-        self.finished = True
-        self.changed.set()
-
-    async def follow(self) -> AsyncIterator[LaunchEvent]:
-        seen = 0
-        while True:
-            changed = self.changed
-            while seen < len(self.events):
-                yield self.events[seen]
-                seen += 1
-            if self.finished:
-                return
-            await changed.wait()
-
-
 class LocalProvider(Provider):
     def __init__(self, options: ConnectorOptions) -> None:
         super().__init__(options)
@@ -81,7 +52,7 @@ class LocalProvider(Provider):
         self.builder.sandbox.log_state()  # functions are confined as local plugins are
         self.registry = Registry(options.home / "functions.json")
         self.functions: dict[str, LocalFunction] = {}  # by name
-        self.deployments: dict[str, Deployment] = {}  # by filename
+        self.deployments = Deployments("local", (LaunchFailed, EnvironmentBuildError, FunctionStartError, OSError))
         self.faults: dict[str, list[int]] = {}
         self.launches = 0
         self.lookups = 0
@@ -100,7 +71,7 @@ class LocalProvider(Provider):
         (self.options.home / "packages").mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(self.registry.load)
         async with anyio.create_task_group() as group:
-            self._group = group
+            self._group = self.deployments.group = group
             for entry in self.registry.entries.values():
                 self._register(entry)
             group.start_soon(self._reap_idle)
@@ -110,7 +81,7 @@ class LocalProvider(Provider):
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._stop_all()
-                self._group = None
+                self._group = self.deployments.group = None
                 group.cancel_scope.cancel()
 
     async def aclose(self) -> None:
@@ -154,30 +125,22 @@ class LocalProvider(Provider):
     def endpoint(self, name: str) -> str:
         return f"{self.options.public_url.rstrip('/')}/functions/{name}"
 
-    async def launch(
+    def launch(
         self, filename: str, package: bytes, *, verified: bool, metadata: dict[str, Any]
     ) -> AsyncIterator[LaunchEvent]:
-        deployment = self.deployments.get(filename)
-        if deployment is None:
-            if self._group is None:
-                raise RuntimeError("the local provider is not serving")
-            deployment = Deployment()
-            self.deployments[filename] = deployment
-            self._group.start_soon(self._deploy, deployment, filename, package, verified, metadata)
-        async for event in deployment.follow():
-            yield event
+        return self.deployments.launch(
+            filename, lambda deployment: self._deploy(deployment, filename, package, verified, metadata)
+        )
 
     async def _deploy(
         self, deployment: Deployment, filename: str, package: bytes, verified: bool, metadata: dict[str, Any]
     ) -> None:
         self.launches += 1
+        existing = self.registry.entries.get(filename)
+        if existing is not None:
+            deployment.already_deployed(self._info(existing))
+            return
         try:
-            existing = self.registry.entries.get(filename)
-            if existing is not None:
-                deployment.emit("healthz", SUCCESS, "function already deployed")
-                deployment.emit("run", SUCCESS, run_message(self.endpoint(existing.name), existing.name, existing.id))
-                deployment.emit("end", SUCCESS, "Plugin launched")
-                return
             deployment.emit("healthz", RUNNING, "checking the package")
             entry = await anyio.to_thread.run_sync(self._check_package, filename, package, verified, metadata)
             deployment.emit("healthz", SUCCESS, f"package {entry.identifier}")
@@ -189,20 +152,10 @@ class LocalProvider(Provider):
             await function.acquire()  # a first cold start proves the function answers
             function.release()
             await anyio.to_thread.run_sync(self.registry.add, entry)
-            deployment.emit("run", SUCCESS, run_message(self.endpoint(entry.name), entry.name, entry.id))
-            deployment.emit("end", SUCCESS, "Plugin launched")
-        except (LaunchFailed, EnvironmentBuildError, FunctionStartError, OSError) as exc:
-            log.warning("launch of %s failed: %s", filename, exc)
-            stage = deployment.events[-1].stage if deployment.events else "healthz"
-            deployment.emit(stage, FAILED, str(exc))
-            await self._unregister(filename)
-        except Exception as exc:
-            log.exception("launch of %s failed", filename)
-            deployment.emit("end", FAILED, f"internal error: {exc!r}")
-            await self._unregister(filename)
-        finally:
-            self.deployments.pop(filename, None)
-            deployment.finish()
+            deployment.launched(self.endpoint(entry.name), entry.name, entry.id)
+        except Exception:
+            await self._unregister(filename)  # a failed launch leaves no function behind
+            raise
 
     def _check_package(self, filename: str, package: bytes, verified: bool, metadata: dict[str, Any]) -> FunctionEntry:
         decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
