@@ -1,6 +1,9 @@
 """Truthful shutdown: on SIGTERM (or SIGINT) the daemon stops taking calls, lets the calls in flight
 finish within ``SERVER_SHUTDOWN_GRACE_PERIOD``, ends the rest with an error event, and exits.
 
+Idle live streams (``/debugging/logs``) end the moment shutdown begins, and the debug listener
+stops accepting first (:meth:`Shutdown.on_begin`), so a stop with streams open is quick.
+
 A call that is cut never ends like a complete one: its answer gets a "daemon shutting down" error
 event before the end of the response, so Dify reports a failure instead of taking a truncated
 answer for a whole one.
@@ -14,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -38,7 +43,7 @@ class Shutdown:
     registered scope, and the call then reports :meth:`error` instead of its own timeout.
     """
 
-    __slots__ = ("draining", "cutting", "_calls")
+    __slots__ = ("draining", "cutting", "_calls", "_waits", "_on_begin")
 
     def __init__(self) -> None:
         #: SIGTERM came: new calls are refused
@@ -46,6 +51,25 @@ class Shutdown:
         #: the grace period is over: calls still running are being ended with an error
         self.cutting = False
         self._calls: set[CancelScope] = set()
+        self._waits: set[CancelScope] = set()
+        self._on_begin: list[Callable[[], None]] = []
+
+    def on_begin(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the event loop) the moment shutdown begins, before anything else
+        stops: the debug listener stops accepting new plugins then."""
+        self._on_begin.append(callback)
+
+    @contextmanager
+    def waiting(self, scope: CancelScope) -> Iterator[None]:
+        """An idle wait that shutdown ends at once (a live log stream waiting for its next line):
+        ``scope`` is cancelled when shutdown begins; the waiter then sees :attr:`draining` and ends."""
+        self._waits.add(scope)
+        if self.draining:
+            scope.cancel()
+        try:
+            yield
+        finally:
+            self._waits.discard(scope)
 
     def track(self, scope: CancelScope) -> None:
         self._calls.add(scope)
@@ -61,6 +85,13 @@ class Shutdown:
 
     def begin(self) -> None:
         self.draining = True
+        for callback in self._on_begin:
+            try:
+                callback()
+            except Exception:  # the shutdown goes on whatever one callback does
+                log.exception("a shutdown callback failed")
+        for scope in list(self._waits):
+            scope.cancel()
 
     def cut(self) -> None:
         self.cutting = True

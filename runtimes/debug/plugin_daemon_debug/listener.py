@@ -71,6 +71,9 @@ class DebugListener:
         self.settings = runtime.settings
         self.open_connections = 0
         self.address: tuple[str, int] | None = None
+        #: one scope per accept loop; cancelled when the daemon begins to shut down
+        self._accepting: list[anyio.CancelScope] = []
+        self._stopped = False
         self.admission = Admission(
             self.settings.PLUGIN_REMOTE_INSTALLING_MAX_HANDSHAKES_PER_ADDRESS,
             self.settings.PLUGIN_REMOTE_INSTALLING_MAX_REGISTERING_BYTES,
@@ -97,16 +100,28 @@ class DebugListener:
                 group.start_soon(self._accept_loop, listener, group)
             task_status.started()
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (connections already made go on); the daemon is stopping."""
+        self._stopped = True
+        for scope in self._accepting:
+            scope.cancel()
+
     async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                log.warning("accepting a debugging connection failed: %s", exc)
-                await anyio.sleep(ACCEPT_BACKOFF)
-                continue
-            group.start_soon(self._handle, stream)
-            del stream  # not kept (with what it still had buffered) until the next connection comes
+        with anyio.CancelScope() as accepting:
+            self._accepting.append(accepting)
+            if self._stopped:
+                accepting.cancel()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    log.warning("accepting a debugging connection failed: %s", exc)
+                    await anyio.sleep(ACCEPT_BACKOFF)
+                    continue
+                group.start_soon(self._handle, stream)
+                del stream  # not kept (with what it still had buffered) until the next connection comes
+        await listener.aclose()  # a plugin connecting now is refused at once
+        log.info("the debug listener stopped accepting connections")
 
     async def _handle(self, stream: SocketStream) -> None:
         accepted = time.monotonic()

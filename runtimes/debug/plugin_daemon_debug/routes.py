@@ -79,6 +79,7 @@ async def debugging_logs(request: Request) -> Response:
     except (BadRequest, InternalError) as exc:
         return failure(exc)
     follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
+    shutdown = request.app.state.daemon.shutdown
 
     async def stream() -> AsyncIterator[bytes]:
         with book.watch(tenant_id, plugin_id) as live:  # watch first: nothing falls between the two
@@ -87,9 +88,11 @@ async def debugging_logs(request: Request) -> Response:
             if not follow:
                 return
             yield b": live\n\n"
-            while True:
-                with anyio.move_on_after(KEEPALIVE) as idle:
+            while not shutdown.draining:
+                with anyio.move_on_after(KEEPALIVE) as idle, shutdown.waiting(idle):
                     entry = await live.receive()
+                if shutdown.draining:  # the stream ends at once: a stop does not wait for it
+                    return
                 if idle.cancelled_caught:
                     yield b": keep-alive\n\n"
                 else:

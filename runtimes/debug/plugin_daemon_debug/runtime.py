@@ -75,6 +75,7 @@ class DebugRuntime(Runtime):
             log.info("the debugging listener is off (PLUGIN_REMOTE_INSTALLING_ENABLED=false)")
             task_status.started()
             await anyio.sleep_forever()
+        self.daemon.shutdown.on_begin(self.listener.stop_accepting)  # before the HTTP server stops
         await self.listener.serve(task_status=task_status)
 
     async def _purge_stale_installations(self) -> None:
