@@ -287,6 +287,17 @@ def new_hook_id() -> str:
 
 
 # --- the service -----------------------------------------------------------------------------
+#: the widths of the endpoints table's columns in the Go daemon's schema
+COLUMN_WIDTHS = {"plugin_id": 64, "user_id": 64}
+
+
+def check_widths(**values: str) -> None:
+    """Refuse plainly what the endpoints table (as the Go daemon's schema has it) cannot hold."""
+    for column, value in values.items():
+        if len(value) > COLUMN_WIDTHS[column]:
+            raise BadRequest(f"endpoint {column} is {len(value)} characters long, the limit is {COLUMN_WIDTHS[column]}")
+
+
 class EndpointService:
     """Endpoints of every tenant: persistence, settings encryption and public invocation."""
 
@@ -307,6 +318,7 @@ class EndpointService:
         if not group:
             raise BadRequest("plugin does not have an endpoint")
         validate_settings(settings, _schema(group))
+        check_widths(plugin_id=plugin_id, user_id=user_id)
         endpoint_id = new_id()
         stored = await self._crypt("encrypt", tenant_id, user_id, endpoint_id, settings, group)
         row = EndpointRow(

@@ -138,6 +138,9 @@ def test_refusals(make_settings, tmp_path: Path) -> None:  # type: ignore[no-unt
         assert error_of(setup(client, identifier, {"api_key": SECRET}, name=""))["error_type"] == (
             "PluginDaemonBadRequestError"
         )
+        long_user = {"plugin_unique_identifier": identifier, "user_id": "u" * 65, "settings": {"api_key": SECRET}}
+        too_long = error_of(client.post(f"/plugin/{TENANT}/endpoint/setup", json={**long_user, "name": "n"}))
+        assert too_long["message"] == "endpoint user_id is 65 characters long, the limit is 64"  # Go's varchar(64)
         assert api.calls("invoke/encrypt") == []  # nothing was encrypted for refused setups
 
         entity = one_endpoint(client, identifier, {"api_key": SECRET})
