@@ -110,6 +110,26 @@ def _drop_capability_bounding_set() -> None:  # pragma: no cover - runs in the f
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
+def _own_folder(path: Path, uid: int | None, *, empty: bool) -> None:
+    """A real folder at ``path`` (emptied if asked) owned by ``uid``. The plugin owns what is inside
+    its scratch and may have left a link there: it is removed, never followed (a root daemon
+    would otherwise hand the link's target to the plugin)."""
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and (empty or not stat.S_ISDIR(mode)):
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path)  # a real folder (lstat): rmtree does not follow links inside it
+        else:
+            path.unlink()
+        mode = None
+    if mode is None:
+        path.mkdir(mode=0o700)
+    if uid is not None:
+        os.chown(path, uid, uid, follow_symlinks=False)
+
+
 def parse_uid_range(text: str) -> range:
     first, sep, last = text.partition("-")
     try:
@@ -268,11 +288,8 @@ class Sandbox:
                 folder.mkdir(mode=0o700, exist_ok=True)
             scratch.mkdir(mode=0o700, exist_ok=True)
         tmp = scratch / "tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in (scratch / "home", tmp):
-            folder.mkdir(mode=0o700, exist_ok=True)
-            if uid is not None:
-                os.chown(folder, uid, gid or uid)
+        _own_folder(scratch / "home", uid, empty=False)
+        _own_folder(tmp, uid, empty=True)
         env = {"HOME": str(scratch / "home"), "TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp)}
         ruleset = None
         if self.landlock_abi >= 1:

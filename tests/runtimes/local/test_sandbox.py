@@ -104,3 +104,29 @@ async def test_an_install_as_root_has_no_capabilities_and_sees_only_its_folders(
     assert "wrote-inside" in result.output and (folder / "inside").exists()
     assert "secret-refused" in result.output and "key" not in result.output
     assert "kill-refused" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids per plugin need root")
+def test_links_a_plugin_left_in_its_scratch_are_removed_not_followed(tmp_path: Path) -> None:
+    """A plugin owns its scratch: at its next start, HOME and TMPDIR left as links to the daemon's
+    folders must not be handed to it (chown follows links)."""
+    work = Path("/tmp") / f"sandbox-links-{tmp_path.name}"
+    workdir = work / "author" / "plugin"
+    workdir.mkdir(parents=True)
+    target = work / "daemon-secrets"
+    target.mkdir(mode=0o700)
+    try:
+        box = Sandbox(make_settings(tmp_path, PLUGIN_WORKING_PATH=work, PLUGIN_ISOLATION_UID_RANGE="200010-200010"))
+        assert box.uids
+        confinement = box.confine_plugin("author/plugin", workdir, workdir / ".venv")
+        confinement.close()
+        scratch = Path(confinement.env["HOME"]).parent
+        for name in ("home", "tmp"):
+            shutil.rmtree(scratch / name)
+            (scratch / name).symlink_to(target)
+        box.confine_plugin("author/plugin", workdir, workdir / ".venv").close()
+        assert target.stat().st_uid == 0
+        for name in ("home", "tmp"):
+            assert not (scratch / name).is_symlink() and (scratch / name).stat().st_uid == 200010
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
