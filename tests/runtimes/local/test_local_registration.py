@@ -15,4 +15,4 @@ def test_entry_point_registers_local(tmp_path) -> None:
     assert "local" in factories
     runtime = factories["local"](SimpleNamespace(settings=make_settings(tmp_path)))  # type: ignore[arg-type]
     assert isinstance(runtime, LocalRuntime) and runtime.name == "local"
-    assert runtime.health() == {"runtime": "local", "plugins": {}}
+    assert runtime.health() == {"runtime": "local", "plugins": {}, "idle_timeout": 300.0}
