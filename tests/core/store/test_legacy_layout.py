@@ -7,10 +7,11 @@ import functools
 import json
 from pathlib import Path
 
+import pytest
 from plugin_daemon.backwards.storage import place_value
-from plugin_daemon.store.database import SCHEMA_VERSION, Database
+from plugin_daemon.store.database import SCHEMA_VERSION, Database, ensure_database
 from plugin_daemon.store.models import InstallationRow, PluginDeclarationRow, TenantStorageRow, VerificationRow
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, inspect, select, text
 
 TENANT = "0191f1a2-0000-7000-8000-00000000b001"
 IDENTIFIER = "author/echo:0.0.1@" + "c" * 64
@@ -32,11 +33,17 @@ LEGACY_DDL = [
 ]
 
 
-def test_the_first_layout_is_converted(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_first_layout_is_converted(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """That layout ran on SQLite and PostgreSQL only."""
+    url = f"sqlite:///{tmp_path / 'legacy.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    if backend == "postgresql":
+        ensure_database(url)
     engine = create_engine(url)
     with engine.begin() as connection:
         for statement in LEGACY_DDL:
+            if backend == "postgresql":
+                statement = statement.replace("DATETIME", "TIMESTAMP WITH TIME ZONE").replace("BLOB", "BYTEA")
             connection.execute(text(statement))
         connection.execute(
             text("INSERT INTO plugin_declarations VALUES (:id, :t, :t, :u, 'author/echo', 'c', :d, :v)"),
@@ -85,7 +92,6 @@ def test_the_first_layout_is_converted(tmp_path: Path) -> None:
         with database.engine.connect() as connection:
             assert connection.execute(text("SELECT version FROM plugin_daemon_schema")).scalar() == SCHEMA_VERSION
             assert connection.execute(text("SELECT value FROM plugin_daemon_kv")).scalar() == "v"
-            tables = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
-        assert "plugin_storage_items" not in tables
+        assert "plugin_storage_items" not in inspect(database.engine).get_table_names()
     finally:
         database.dispose()
