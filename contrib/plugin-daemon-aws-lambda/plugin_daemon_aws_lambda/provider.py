@@ -34,9 +34,9 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from plugin_daemon.config import load_settings
 from plugin_daemon_local.environment import find_uv
-from plugin_daemon_serverless.connector.deployments import Deployment, Deployments
+from plugin_daemon_serverless.connector.deployments import Deployment, Deployments, check_new_package
 from plugin_daemon_serverless.connector.options import ConnectorOptions
-from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider, check_launch_package
+from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider
 from plugin_daemon_serverless.sri import RUNNING, SUCCESS, FunctionInfo, LaunchEvent
 
 from .package import PackageBuildError, Platform, build_deployment_package
@@ -136,13 +136,12 @@ class AwsLambdaProvider(Provider):
         )
 
     async def _deploy(self, deployment: Deployment, filename: str, package: bytes, metadata: dict[str, Any]) -> None:
-        deployment.emit("healthz", RUNNING, "checking the package")
-        declaration, identifier, checksum = self._check(filename, package, metadata)
-        existing = await self.find(filename)
-        if existing is not None:
-            deployment.already_deployed(existing)
+        decoded = await check_new_package(
+            deployment, filename, package, metadata, max_size=self.options.max_package_size, find=self.find
+        )
+        if decoded is None:
             return
-        deployment.emit("healthz", SUCCESS, f"package {identifier}")
+        declaration, identifier, checksum = decoded.declaration, str(decoded.identifier), decoded.checksum
         name = lambda_function_name(filename)
         folder = self.folder / name
         deployment.emit("start", RUNNING, "building the deployment package")
@@ -161,10 +160,6 @@ class AwsLambdaProvider(Provider):
         url = await anyio.to_thread.run_sync(self._deploy_function, spec)
         write_serverless_yml(spec, folder)
         deployment.launched(url, name, checksum[:32])
-
-    def _check(self, filename: str, package: bytes, metadata: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
-        decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
-        return decoded.declaration, str(decoded.identifier), decoded.checksum
 
     def _spec(
         self, name: str, declaration: dict[str, Any], identifier: str, checksum: str, archive: Path

@@ -32,10 +32,10 @@ from typing import Any
 import anyio
 import httpx
 from anyio.abc import TaskStatus
-from plugin_daemon_serverless.connector.deployments import Deployment, Deployments
+from plugin_daemon_serverless.connector.deployments import Deployment, Deployments, check_new_package
 from plugin_daemon_serverless.connector.options import ConnectorOptions
-from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider, check_launch_package
-from plugin_daemon_serverless.sri import RUNNING, SUCCESS, FunctionInfo, LaunchEvent
+from plugin_daemon_serverless.connector.provider import LaunchFailed, Provider
+from plugin_daemon_serverless.sri import RUNNING, FunctionInfo, LaunchEvent
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -204,13 +204,11 @@ class KubernetesProvider(Provider):
         )
 
     async def _deploy(self, deployment: Deployment, filename: str, package: bytes, metadata: dict[str, Any]) -> None:
-        deployment.emit("healthz", RUNNING, "checking the package")
-        decoded = check_launch_package(filename, package, metadata, max_size=self.options.max_package_size)
-        existing = await self.find(filename)
-        if existing is not None:
-            deployment.already_deployed(existing)
+        decoded = await check_new_package(
+            deployment, filename, package, metadata, max_size=self.options.max_package_size, find=self.find
+        )
+        if decoded is None:
             return
-        deployment.emit("healthz", SUCCESS, f"package {decoded.identifier}")
         name = object_name(filename)
         deployment.emit("start", RUNNING, "keeping the package for the runner")
         await anyio.to_thread.run_sync(self._keep_package, filename, package)

@@ -12,11 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from ..sri import FAILED, SUCCESS, FunctionInfo, LaunchEvent, run_message
+from ..sri import FAILED, RUNNING, SUCCESS, FunctionInfo, LaunchEvent, run_message
+from .provider import check_launch_package
+
+if TYPE_CHECKING:
+    from plugin_daemon.packages.decode import DecodedPackage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,27 @@ class Deployment:
 
 
 Work = Callable[[Deployment], Awaitable[None]]
+
+
+async def check_new_package(
+    deployment: Deployment,
+    filename: str,
+    package: bytes,
+    metadata: dict[str, Any],
+    *,
+    max_size: int,
+    find: Callable[[str], Awaitable[FunctionInfo | None]],
+) -> DecodedPackage | None:
+    """The ``healthz`` stage of a cloud provider: the package checked, or None (and reported as such)
+    when its function is deployed already."""
+    deployment.emit("healthz", RUNNING, "checking the package")
+    decoded = check_launch_package(filename, package, metadata, max_size=max_size)
+    existing = await find(filename)
+    if existing is not None:
+        deployment.already_deployed(existing)
+        return None
+    deployment.emit("healthz", SUCCESS, f"package {decoded.identifier}")
+    return decoded
 
 
 class Deployments:
