@@ -53,7 +53,7 @@ class Cluster:
         self.api, self.connector, self.provider = api, connector, provider
 
 
-def _cluster(tmp: Path, *, knative: bool) -> Iterator[Cluster]:
+def kube_cluster(tmp: Path, *, knative: bool, daemon_url: str = "http://daemon.invalid:5002") -> Iterator[Cluster]:
     uv_dir = str(Path(find_uv(load_settings(PLUGIN_DAEMON_HOME=tmp))).parent)
     # the node's uv cache: the one the local runtime's tests keep warm
     api = KubeAPIStandIn(
@@ -64,7 +64,7 @@ def _cluster(tmp: Path, *, knative: bool) -> Iterator[Cluster]:
         api_key=CONNECTOR_KEY,
         public_url=f"http://127.0.0.1:{port}",
         home=tmp,
-        daemon_url="http://daemon.invalid:5002",
+        daemon_url=daemon_url,
         function_timeout=600.0,
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -90,12 +90,12 @@ def _cluster(tmp: Path, *, knative: bool) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path_factory.mktemp("kube-connector"), knative=False)
+    yield from kube_cluster(tmp_path_factory.mktemp("kube-connector"), knative=False)
 
 
 @pytest.fixture(scope="module")
 def knative_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path_factory.mktemp("knative-connector"), knative=True)
+    yield from kube_cluster(tmp_path_factory.mktemp("knative-connector"), knative=True)
 
 
 def launch(cluster: Cluster, package: tuple[str, bytes]) -> FunctionInfo:

@@ -45,6 +45,7 @@ class KubeAPIStandIn(AppServer):
         self.objects: dict[str, dict[str, Any]] = {}  # by path
         self.pods: dict[str, dict[str, Any]] = {}  # by object name: {"process", "port", "ready"}
         self.work = Path(tempfile.mkdtemp(prefix="kube-stand-in-"))
+        self.closed = False
         self._lock = threading.Lock()
         resource = "/{group:path}/namespaces/{ns}/{kind}/{name}"
         app = Starlette(
@@ -59,6 +60,7 @@ class KubeAPIStandIn(AppServer):
         super().__init__(app, "kubernetes API", {})
 
     def stop(self) -> None:
+        self.closed = True
         for pod in self.pods.values():
             pod["process"].kill()
             pod["process"].wait(timeout=10)
@@ -120,22 +122,32 @@ class KubeAPIStandIn(AppServer):
             "SERVERLESS_PORT": str(port),
             "DIFY_PLUGIN_WORK_DIR": str(self.work / name),
         }
-        process = subprocess.Popen([sys.executable, runner.__file__], env=env, start_new_session=True)
-        pod = {"process": process, "port": port, "ready": False, "image": container["image"]}
+        pod: dict[str, Any] = {"port": port, "ready": False, "image": container["image"], "env": env, "restarts": 0}
+        pod["process"] = self._start(env)
         self.pods[name] = pod
-        threading.Thread(target=self._watch, args=(pod,), daemon=True).start()
+        threading.Thread(target=self._supervise, args=(pod,), daemon=True).start()
 
     @staticmethod
-    def _watch(pod: dict[str, Any]) -> None:
-        deadline = time.monotonic() + READY_DEADLINE
-        while time.monotonic() < deadline and pod["process"].poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{pod['port']}/health", timeout=1).status_code == 200:
-                    pod["ready"] = True
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, runner.__file__], env=env, start_new_session=True)
+
+    def _supervise(self, pod: dict[str, Any]) -> None:
+        """Readiness from /health; a container that exits is started again (restartPolicy Always)."""
+        while not self.closed:
+            deadline = time.monotonic() + READY_DEADLINE
+            while time.monotonic() < deadline and pod["process"].poll() is None and not pod["ready"]:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{pod['port']}/health", timeout=1).status_code == 200:
+                        pod["ready"] = True
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            while pod["process"].poll() is None and not self.closed:
+                time.sleep(0.1)
+            pod["ready"] = False
+            if self.closed:
+                return
+            pod["restarts"] += 1
+            pod["process"] = self._start(pod["env"])
 
     async def _proxy(self, request: Request) -> Response:
         name = request.path_params["target"].partition(":")[0]
