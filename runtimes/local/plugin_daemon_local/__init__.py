@@ -12,6 +12,7 @@ Modules, one job each:
 - ``sandbox``: what a plugin process or a dependency install may reach (a uid per plugin as root,
   Landlock rules, scratch folders), and the log line saying which isolation is in force;
 - ``landlock``: the Landlock system calls;
+- ``install_sources``: what a package may ask of its own install (its own files; indexes by rule);
 - ``process``: one plugin process (pipes, exit; sessions are routed by the core's
   ``plugin_daemon.protocol.router``);
 - ``stray_output``: what a plugin writes on stdout outside the protocol (tail, logged in bursts);
