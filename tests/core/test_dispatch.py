@@ -223,3 +223,21 @@ def test_errors_say_whether_a_plugin_is_missing_installing_or_failed(make_settin
         assert message["error_type"] == "PluginDaemonInternalServerError"
         assert "(failed): it exited with code 3" in message["message"]
         assert "failed to start" in message["message"]
+
+
+def test_a_call_cancelled_by_the_servers_own_deadline_ends_with_an_error_event(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn cancels what is left when its shutdown deadline passes: the answer cut there gets an
+    error event before its end (it used to end like a complete one)."""
+    settings = make_settings(PLATFORM="scripted", PLUGIN_MAX_EXECUTION_TIMEOUT=60)
+    with running_daemon(settings, scripted_extensions()) as server:
+        identifier = envelope(upload(server.client, build_package(ECHO_TOOL)))["unique_identifier"]
+        assert install(server.client, identifier)["status"] == "success"
+        try:
+            with held_call(server.client) as lines:
+                server.server.config.timeout_graceful_shutdown = 1  # type: ignore[assignment]
+                server.server.should_exit = True
+                rest = [json.loads(line[len("data: ") :]) for line in lines]
+        finally:
+            release.set()
+    assert len(rest) == 1, rest
+    assert rest[0]["code"] == -500 and "stopped before it ended" in json.loads(rest[0]["message"])["message"]

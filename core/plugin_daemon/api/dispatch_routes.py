@@ -17,7 +17,7 @@ from plugin_daemon.api.envelope import JSONResponse, failure, sse_failure, succe
 from plugin_daemon.api.middleware import BodyTooLarge
 from plugin_daemon.api.requests import check_tenant, parse_json_object
 from plugin_daemon.dispatch import Access, open_session, relay_session, start_session
-from plugin_daemon.errors import BadRequest, DaemonError, PluginNotFound, internal_error
+from plugin_daemon.errors import BadRequest, DaemonError, InternalError, PluginNotFound, internal_error
 from plugin_daemon.manager import parse_identifier
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ _SSE_START: Message = {
     "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
 }
 _SSE_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+#: The last event of an answer whose relay was cancelled from outside (the server's own shutdown
+#: deadline, say): an answer that did not reach the plugin's end never ends like a complete one.
+STOPPED_EARLY = sse_failure(InternalError("the call was stopped before it ended"))
 
 
 class DispatchEndpoint:
@@ -208,7 +211,7 @@ class DispatchEndpoint:
                 watcher = asyncio.get_running_loop().create_task(_abandon_when_gone(receive, session))
 
         session.watch_caller = watch_caller
-        tail = b""
+        tail = STOPPED_EARLY  # unless the relay returns: it always reaches the session's end then
         try:
             tail = await relay_session(daemon, session, channel, emit, merge_blobs=self.merge_blobs, coalesce=True)
         finally:
