@@ -120,3 +120,11 @@ def echo_tool_new_lock() -> None:
         timeout=600,
         capture_output=True,
     )
+
+
+@pytest.fixture(scope="module")
+def daemon_port() -> int:
+    """The port of the module's daemon, chosen before the functions it deploys are told where to call back."""
+    from tests.support.daemon_server import free_port
+
+    return free_port()

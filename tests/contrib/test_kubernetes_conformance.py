@@ -14,16 +14,11 @@ from tests.conftest import TEST_KEY
 from tests.contrib.test_kubernetes import CONNECTOR_KEY, Cluster, kube_cluster
 from tests.runtimes.local.local_runtime_support import make_settings
 from tests.runtimes.serverless.serverless_support import install
-from tests.support.daemon_server import DaemonServer, free_port, running_daemon
+from tests.support.daemon_server import DaemonServer, running_daemon
 
 pytestmark = pytest.mark.slow
 
 TENANT = "tenant-kubernetes"
-
-
-@pytest.fixture(scope="module")
-def daemon_port() -> int:
-    return free_port()
 
 
 @pytest.fixture(scope="module")

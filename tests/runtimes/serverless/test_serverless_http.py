@@ -35,7 +35,7 @@ from tests.runtimes.serverless.serverless_support import (
     running_connector,
     serverless_settings,
 )
-from tests.support.daemon_server import DaemonServer, free_port, running_daemon
+from tests.support.daemon_server import DaemonServer, running_daemon
 from tests.support.dify_inner_api import DifyInnerAPI
 from tests.support.openai_server import OpenAIServer
 from tests.support.waiting import wait_for
@@ -43,11 +43,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.slow
 
 TENANT = "tenant-serverless"
-
-
-@pytest.fixture(scope="module")
-def daemon_port() -> int:
-    return free_port()
 
 
 @pytest.fixture(scope="module")
