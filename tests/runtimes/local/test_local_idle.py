@@ -17,11 +17,12 @@ import httpx
 import pytest
 from plugin_daemon.runtime import EventKind, InstanceState, PluginSpec
 from plugin_daemon_local import LocalRuntime
+from plugin_daemon_local.environment import EnvironmentBuilder
 
 from tests.conformance.suite import Target, call_tool, items_of
 from tests.conftest import TEST_KEY
 from tests.core.test_management_api import envelope
-from tests.runtimes.local.local_runtime_support import invoke, make_settings, texts
+from tests.runtimes.local.local_runtime_support import BUILD_TIMEOUT, SHARED_WORK, invoke, make_settings, texts
 from tests.runtimes.local.test_local_http import TENANT, install, local_settings
 from tests.support.daemon_server import DaemonServer, running_daemon
 from tests.support.dify_inner_api import DifyInnerAPI
@@ -196,3 +197,17 @@ def test_an_endpoint_and_a_backwards_call_wake_a_stopped_plugin(tmp_path: Path) 
             assert items[0]["type"] == "json" and items[0]["message"]["json_object"]["pid"] > 0
             assert runtime.launches == launches + 1
             assert runtime.state(wake).value == "ready"
+
+
+@pytest.mark.anyio
+async def test_install_compiles_the_plugins_own_code(specs: Callable[[str], PluginSpec], tmp_path: Path) -> None:
+    """A plugin cannot write its code folder: what is not compiled at install is compiled at every start."""
+    spec = specs("wake_me")
+    builder = EnvironmentBuilder(make_settings(tmp_path, PLUGIN_WORKING_PATH=tmp_path / "cwd"))
+    builder.cache_dir = SHARED_WORK / ".uv-cache"  # the shared uv cache: nothing is downloaded again
+    with anyio.fail_after(BUILD_TIMEOUT):
+        layout = await builder.prepare(spec, lambda line: None)
+    for module in ("tools/pid", "endpoints/pid", "provider/wake_me", "main"):
+        folder, name = (layout.workdir / module).parent, (layout.workdir / module).name
+        assert list((folder / "__pycache__").glob(f"{name}.cpython-*.pyc")), f"{module}.py was not compiled"
+    assert list((layout.venv / "lib").glob("python3.*/site-packages/dify_plugin/__pycache__/plugin.cpython-*.pyc"))
