@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import threading
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -241,3 +242,25 @@ def test_a_call_cancelled_by_the_servers_own_deadline_ends_with_an_error_event(m
             release.set()
     assert len(rest) == 1, rest
     assert rest[0]["code"] == -500 and "stopped before it ended" in json.loads(rest[0]["message"])["message"]
+
+
+def test_a_call_still_being_read_at_the_servers_deadline_gets_the_shutdown_error(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Cancelled before the plugin was called (its body still arriving): Dify's envelope, not a plain 500."""
+    with running_daemon(make_settings(PLATFORM="scripted"), scripted_extensions()) as server:
+        identifier = envelope(upload(server.client, build_package(ECHO_TOOL)))["unique_identifier"]
+        assert install(server.client, identifier)["status"] == "success"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                f"POST /plugin/{TENANT}/dispatch/tool/invoke HTTP/1.1\r\nHost: x\r\n"
+                f"X-Api-Key: {server.settings.SERVER_KEY}\r\nX-Plugin-ID: tester/echo_tool\r\n"
+                'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"data":'.encode()
+            )
+            wait_for(lambda: server.server.server_state.tasks, 10, "the request to reach the daemon")
+            server.server.config.timeout_graceful_shutdown = 1  # type: ignore[assignment]
+            server.server.should_exit = True
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head, answer
+    assert b"daemon shutting down" in body, answer

@@ -114,6 +114,7 @@ def _not_installed(daemon: Any, tenant_id: str, plugin_id: str) -> PluginNotFoun
     return PluginNotFound(f"plugin {plugin_id} is not installed for tenant {tenant_id}", http_status=404)
 
 
+SSE = "text/event-stream"
 _SSE_START: Message = {
     "type": "http.response.start",
     "status": 200,
@@ -181,6 +182,12 @@ class DispatchEndpoint:
         except ClientDisconnect:
             log.debug("the caller of %s left before sending its whole request", scope["path"])
             return
+        except asyncio.CancelledError:  # the server's shutdown deadline passed before the plugin was called
+            error = daemon.shutdown.error()
+            await (failure(error) if not access.streaming else Response(sse_failure(error), media_type=SSE))(
+                scope, receive, send
+            )
+            raise
         except BodyTooLarge:
             raise  # answered 413 by the body-size middleware
         except Exception as exc:  # a DaemonError, or a fault inside the daemon (its database gone, say)
@@ -190,7 +197,7 @@ class DispatchEndpoint:
             if error.http_status != 200 or not access.streaming:
                 response = failure(error)
             else:
-                response = Response(sse_failure(error), media_type="text/event-stream")
+                response = Response(sse_failure(error), media_type=SSE)
         if response is not None:
             await response(scope, receive, send)
             return
