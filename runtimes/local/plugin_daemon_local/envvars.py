@@ -82,8 +82,14 @@ def plugin_environment(
     venv: Path,
     extra: Mapping[str, str] | None = None,
     source: Mapping[str, str] = os.environ,
+    *,
+    debugger: bool = False,
 ) -> dict[str, str]:
-    """The whole environment of a plugin process (an allow-list plus ``INSTALL_METHOD=local``)."""
+    """The whole environment of a plugin process (an allow-list plus ``INSTALL_METHOD=local``).
+
+    Without a debugger attached, ``breakpoint()`` is a no-op (``PYTHONBREAKPOINT=0``): pdb would
+    print its prompt into the protocol stream (stdout) and wait forever on the request pipe.
+    """
     env = _copy(PLUGIN_ENV_NAMES, source)
     env.update(_proxies(settings))
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
@@ -91,6 +97,8 @@ def plugin_environment(
     if extra:
         env.update(extra)
     env["INSTALL_METHOD"] = "local"
+    if not debugger:
+        env["PYTHONBREAKPOINT"] = "0"
     return env
 
 

@@ -173,7 +173,10 @@ def test_plugin_environment_is_an_allow_list(tmp_path: Path) -> None:
         "VIRTUAL_ENV": str(tmp_path / ".venv"),
         "HEARTBEAT_INTERVAL": "1",
         "INSTALL_METHOD": "local",
+        "PYTHONBREAKPOINT": "0",
     }
+    attached = plugin_environment(make_settings(tmp_path), tmp_path / ".venv", source=source, debugger=True)
+    assert "PYTHONBREAKPOINT" not in attached
 
 
 def test_extra_plugin_environment_copies_names_sets_pairs_and_refuses_secrets(tmp_path: Path) -> None:
