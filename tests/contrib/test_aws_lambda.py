@@ -27,11 +27,12 @@ from moto.server import ThreadedMotoServer
 from plugin_daemon.packages import build_package, decode_package
 from plugin_daemon_aws_lambda.function_runtime import PRELUDE_SEPARATOR, STREAM_CONTENT_TYPE
 from plugin_daemon_aws_lambda.package import BOOTSTRAP, Platform
-from plugin_daemon_aws_lambda.provider import AwsLambdaProvider, lambda_function_name, memory_mb
+from plugin_daemon_aws_lambda.provider import MAX_INLINE_ZIP, AwsLambdaProvider, lambda_function_name, memory_mb
+from plugin_daemon_aws_lambda.serverless_yml import FunctionSpec
 from plugin_daemon_local.interpreters import InterpreterFinder
 from plugin_daemon_serverless.connector.app import create_connector_app
 from plugin_daemon_serverless.connector.options import ConnectorOptions
-from plugin_daemon_serverless.connector.provider import load_provider
+from plugin_daemon_serverless.connector.provider import LaunchFailed, load_provider
 from plugin_daemon_serverless.connector_client import ConnectorClient
 from plugin_daemon_serverless.signing import SIGNATURE_HEADER, sign
 from plugin_daemon_serverless.sri import package_filename
@@ -295,3 +296,49 @@ def test_the_built_package_refuses_unsigned_and_unknown_calls(function_process: 
 
 def test_bootstrap_runs_the_streaming_loop_not_the_managed_one() -> None:
     assert "dify_lambda_runtime.py" in BOOTSTRAP and '"$@"' not in BOOTSTRAP.split("\n", 3)[-1]
+
+
+def _small_spec(provider: AwsLambdaProvider, tmp_path: Path, name: str, memory: int, size: int = 0) -> FunctionSpec:
+    artifact = tmp_path / f"{name}.zip"
+    with zipfile.ZipFile(artifact, "w") as archive:
+        archive.writestr("dify_lambda_runtime.py", "")
+        if size:
+            archive.writestr("padding", os.urandom(size), compress_type=zipfile.ZIP_STORED)
+    return FunctionSpec(
+        name=name,
+        runtime="python3.12",
+        architecture="x86_64",
+        memory_mb=memory,
+        timeout=30,
+        role=provider.role,
+        region="eu-west-1",
+        artifact=artifact,
+        tags={"dify-plugin-checksum": "c" * 64},
+    )
+
+
+def test_code_through_s3_and_an_update_of_an_existing_function(
+    aws: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
+        Bucket="plugin-code", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    monkeypatch.setenv("AWS_LAMBDA_CODE_BUCKET", "plugin-code")
+    options = ConnectorOptions(api_key="k", public_url="http://x", home=tmp_path)
+    provider = load_provider("aws_lambda", options)
+    assert isinstance(provider, AwsLambdaProvider)
+    url = provider._deploy_function(_small_spec(provider, tmp_path, "dify-s3-code", 128))
+    objects = boto3.client("s3", region_name="eu-west-1").list_objects_v2(Bucket="plugin-code")["Contents"]
+    assert [item["Key"] for item in objects] == ["dify-plugins/dify-s3-code.zip"]
+    assert provider._deploy_function(_small_spec(provider, tmp_path, "dify-s3-code", 512)) == url  # updated
+    configuration = boto3.client("lambda", region_name="eu-west-1").get_function(FunctionName="dify-s3-code")
+    assert configuration["Configuration"]["MemorySize"] == 512
+
+
+def test_a_package_over_the_inline_limit_needs_a_bucket(aws: dict[str, str], tmp_path: Path) -> None:
+    options = ConnectorOptions(api_key="k", public_url="http://x", home=tmp_path)
+    provider = load_provider("aws_lambda", options)
+    assert isinstance(provider, AwsLambdaProvider) and not provider.bucket
+    spec = _small_spec(provider, tmp_path, "dify-too-big", 128, size=MAX_INLINE_ZIP + 1)
+    with pytest.raises(LaunchFailed, match="AWS_LAMBDA_CODE_BUCKET"):
+        provider._deploy_function(spec)

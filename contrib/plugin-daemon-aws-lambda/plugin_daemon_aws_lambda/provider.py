@@ -14,7 +14,8 @@ credential variables itself):
 - ``AWS_LAMBDA_ROLE_ARN`` (required): the functions' execution role;
 - ``AWS_LAMBDA_RUNTIME`` (``python3.12``) and ``AWS_LAMBDA_ARCHITECTURE`` (``x86_64`` or ``arm64``);
 - memory from the manifest's ``resource.memory`` (bytes) in MB, rounded up, 128 to 10240;
-- timeout from the connector's ``--function-timeout``, at most Lambda's 900 s.
+- timeout from the connector's ``--function-timeout``, at most Lambda's 900 s;
+- ``AWS_LAMBDA_CODE_BUCKET`` (optional): upload the code through this S3 bucket (over 50 MB zipped).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class AwsLambdaProvider(Provider):
         self.platform.python_platform  # noqa: B018 - refuse a bad architecture at start
         self.platform.python_version  # noqa: B018
         self.timeout = max(1, min(MAX_TIMEOUT, math.ceil(options.function_timeout)))
+        #: when set, code goes through this S3 bucket (needed over 50 MB zipped; same region)
+        self.bucket = os.environ.get("AWS_LAMBDA_CODE_BUCKET", "").strip()
         self.folder = options.home / "lambda"
         self.uv = find_uv(load_settings(PLUGIN_DAEMON_HOME=options.home))
         # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (the name Lambda and most tools use) is passed on
@@ -185,12 +188,24 @@ class AwsLambdaProvider(Provider):
 
     # --- the Lambda control plane (in a worker thread) -------------------------------------------
 
-    def _deploy_function(self, spec: FunctionSpec) -> str:
+    def _code(self, spec: FunctionSpec) -> dict[str, Any]:
+        """Where Lambda takes the code from: inline, or an object in AWS_LAMBDA_CODE_BUCKET."""
         code = spec.artifact.read_bytes()
+        if self.bucket:
+            key = f"dify-plugins/{spec.artifact.name}"
+            boto3.client("s3", region_name=self.client.meta.region_name).put_object(
+                Bucket=self.bucket, Key=key, Body=code
+            )
+            return {"S3Bucket": self.bucket, "S3Key": key}
         if len(code) > MAX_INLINE_ZIP:
             raise LaunchFailed(
-                f"the deployment package is {len(code)} bytes, over the {MAX_INLINE_ZIP} bytes Lambda takes inline"
+                f"the deployment package is {len(code)} bytes, over the {MAX_INLINE_ZIP} bytes Lambda takes "
+                "inline: set AWS_LAMBDA_CODE_BUCKET to upload it through S3"
             )
+        return {"ZipFile": code}
+
+    def _deploy_function(self, spec: FunctionSpec) -> str:
+        code = self._code(spec)
         configuration: dict[str, Any] = {
             "FunctionName": spec.name,
             "Role": spec.role,
@@ -203,11 +218,9 @@ class AwsLambdaProvider(Provider):
         try:
             self.client.get_function(FunctionName=spec.name)
         except self.client.exceptions.ResourceNotFoundException:
-            self.client.create_function(
-                **configuration, Code={"ZipFile": code}, Architectures=[spec.architecture], Tags=spec.tags
-            )
+            self.client.create_function(**configuration, Code=code, Architectures=[spec.architecture], Tags=spec.tags)
         else:
-            self.client.update_function_code(FunctionName=spec.name, ZipFile=code, Architectures=[spec.architecture])
+            self.client.update_function_code(FunctionName=spec.name, **code, Architectures=[spec.architecture])
             self._until_ready(spec.name)
             self.client.update_function_configuration(**configuration)
             arn = self.client.get_function(FunctionName=spec.name)["Configuration"]["FunctionArn"]
