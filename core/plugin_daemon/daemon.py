@@ -15,7 +15,9 @@ from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
 from plugin_daemon.endpoints import EndpointService
 from plugin_daemon.installer import Installer
+from plugin_daemon.logbook import LogBook
 from plugin_daemon.manager import PluginManager
+from plugin_daemon.plugin_logs import DEBUG_RUNTIME, PluginLogFeed
 from plugin_daemon.plugins import ExtensionManager, load_extensions
 from plugin_daemon.sessions import SessionManager
 from plugin_daemon.shutdown import Shutdown
@@ -54,6 +56,9 @@ class Daemon:
         self.database = open_database(settings)
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)
+        #: plugins' live logs (/debugging/logs): the debug runtime's, and what plugin_logs feeds in
+        self.logbook = LogBook()
+        self.plugin_logs = PluginLogFeed(self.logbook, self.sessions, self._is_debugging)
         #: calls in flight, and the SIGTERM that ends them (plugin_daemon.shutdown)
         self.shutdown = Shutdown()
         self.backwards = BackwardsInvoker(settings, self.database)
@@ -80,6 +85,11 @@ class Daemon:
             return  # installed again meanwhile
         await self.control_panel.stop(identifier, runtime_type)
 
+    def _is_debugging(self, plugin_id: str) -> bool:
+        """Whether a debugging connection serves ``plugin_id`` (its log is kept by the debug runtime)."""
+        runtime = self.control_panel.runtimes.get(DEBUG_RUNTIME)
+        return runtime is not None and plugin_id in runtime.instance_states()
+
     @asynccontextmanager
     async def running(self, *, relaunch: bool = True) -> AsyncIterator[Daemon]:
         """Start runtimes and services in one task group; stop everything on exit."""
@@ -94,6 +104,7 @@ class Daemon:
             log.info(
                 "%d installed plugin(s) got their copy under PLUGIN_INSTALLED_PATH, as the Go daemon keeps them", copied
             )
+        self.plugin_logs.attach()
         try:
             async with anyio.create_task_group() as group:
                 self._task_group = group
@@ -109,6 +120,7 @@ class Daemon:
                     group.cancel_scope.cancel()
         finally:
             self._task_group = None
+            self.plugin_logs.detach()
             with anyio.CancelScope(shield=True):
                 await self.control_panel.aclose()
                 await self.backwards.aclose()

@@ -83,6 +83,8 @@ class SessionManager:
         self.metrics = metrics
         self._sessions: dict[str, Session] = {}
         self._ended: anyio.Event | None = None  # set at the next end, for those waiting on one
+        #: told of each session that ends (set only while someone watches a live log)
+        self.on_end: Callable[[Session], None] | None = None
 
     def create(self, **fields: Any) -> Session:
         session = Session(id=str(uuid.uuid4()), **fields)
@@ -95,8 +97,11 @@ class SessionManager:
 
     def end(self, session: Session, state: str = "ended") -> None:
         session.state = state
-        if self._sessions.pop(session.id, None) is not None and self.metrics:
-            session_ended(session, "error" if state == "failed" else session.outcome)
+        if self._sessions.pop(session.id, None) is not None:
+            if self.metrics:
+                session_ended(session, "error" if state == "failed" else session.outcome)
+            if self.on_end is not None:
+                self.on_end(session)
         if self._ended is not None:
             self._ended.set()
             self._ended = None

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .runtime import DebugRuntime, describe
 
 if TYPE_CHECKING:
-    from .logbook import LogEntry
+    from plugin_daemon.logbook import LogEntry
 
 #: Seconds between keep-alive comments on an idle log stream.
 KEEPALIVE = 15.0

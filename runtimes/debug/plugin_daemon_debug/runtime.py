@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 from anyio.abc import TaskStatus
+from plugin_daemon.logbook import LogBook
 from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, Runtime, SessionChannel, SessionEvent
 
 from .connection import DebugConnection
@@ -27,7 +28,6 @@ from .handshake import Refused
 from .keys import DebuggingKeys
 from .limits import FailedAuthLimiter
 from .listener import DebugListener
-from .logbook import LogBook
 from .tracing import SessionTrace, TracedChannel, Tracer
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class DebugRuntime(Runtime):
             self.settings.PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS,
             self.settings.PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW,
         )
-        self.logs = LogBook()
+        self.logs: LogBook = daemon.logbook  # shared: the same route shows local plugins' logs
         self.tracer = Tracer()
         self.listener = DebugListener(self)
         self.listen_error: str | None = None

@@ -11,6 +11,7 @@ import anyio
 import orjson
 import pytest
 import yaml
+from plugin_daemon.logbook import LogBook
 from plugin_daemon.packages import PackageError, build_package, declaration_from_parts, decode_package
 from plugin_daemon.plugins import load_extensions
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
@@ -21,7 +22,6 @@ from plugin_daemon_debug.declaration import build_plugin, identity_checksum
 from plugin_daemon_debug.handshake import Refused, Registration, read_registration
 from plugin_daemon_debug.keys import BY_KEY, DebuggingKeys
 from plugin_daemon_debug.limits import FailedAuthLimiter
-from plugin_daemon_debug.logbook import LogBook
 from plugin_daemon_debug.routes import routes
 from plugin_daemon_debug.runtime import DebugRuntime
 from plugin_daemon_debug.tracing import Tracer

@@ -10,10 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from plugin_daemon.cli import cli
@@ -23,6 +25,7 @@ from tests.conftest import TEST_KEY
 from tests.runtimes.local.local_runtime_support import PLUGINS, make_settings
 from tests.support.daemon_server import DaemonServer, running_daemon
 from tests.support.openai_server import OpenAIServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +112,54 @@ def test_invoke_llm_prints_the_answer_as_it_streams(server: DaemonServer, tmp_pa
         assert printed == upstream.expected_content() + "\n"
         assert len(arrivals) >= 3  # not one write at the end
         assert arrivals[-1][0] - arrivals[0][0] > 0.6  # 5 chunks 0.3 s apart, printed as they came
+
+
+def test_the_live_log_of_a_local_plugin_shows_its_calls_and_restarts(server: DaemonServer, tmp_path: Path) -> None:
+    if "tester/echo_tool" not in [item["plugin_id"] for item in json.loads(run(server, "list", "--json").stdout)]:
+        install(server, "echo_tool", tmp_path)
+    entries: list[dict[str, object]] = []
+    live = threading.Event()
+
+    client = httpx.Client(base_url=server.url, headers={"X-Api-Key": TEST_KEY}, timeout=60)
+
+    def follow() -> None:
+        params = {"plugin_id": "tester/echo_tool"}
+        with client.stream("GET", f"/plugin/{TENANT}/debugging/logs", params=params) as response:
+            for line in response.iter_lines():
+                if line == ": live":
+                    live.set()
+                elif line.startswith("data: "):
+                    entries.append(json.loads(line[len("data: ") :]))
+                    if "restarting" in str(entries[-1]["message"]):
+                        return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        watch_calls_and_restart(server, entries, live, follower)
+    finally:
+        client.close()  # the stream too: the daemon under test can stop
+
+
+def watch_calls_and_restart(
+    server: DaemonServer, entries: list[dict[str, object]], live: threading.Event, follower: threading.Thread
+) -> None:
+    wait_for(live.is_set, 30, "the live log stream")
+
+    echoed = run(server, "invoke", "tester/echo_tool", "echo_tool", "echo", "--param", "text=hi")
+    assert echoed.exit_code == 0, echoed.output
+    call = wait_for(
+        lambda: next((entry for entry in entries if "call tool/invoke_tool" in str(entry["message"])), None),
+        30,
+        "the call in the live log",
+    )
+    assert ": success in" in str(call["message"]) and call["source"] == "daemon"
+
+    run(server, "invoke", "tester/echo_tool", "echo_tool", "crash")  # the process exits mid-call
+    follower.join(60)
+    assert not follower.is_alive(), entries
+    messages = [str(entry["message"]) for entry in entries]
+    assert any("call tool/invoke_tool" in message and "error" in message for message in messages), messages
+    assert any("restarting in" in message for message in messages), messages
+    kept = [json.loads(line) for line in run(server, "logs", "tester/echo_tool", "--json").stdout.splitlines()]
+    assert any("restarting in" in str(entry["message"]) for entry in kept)

@@ -1,7 +1,9 @@
-"""Logs of debugging plugins, kept per plugin and streamed live to whoever watches.
+"""Logs of plugins, kept per plugin and streamed live to whoever watches (``/debugging/logs``).
 
-Entries come from the plugin (log events it sends, problems with its output) and from the daemon
-(connected, refused, disconnected, sessions that failed). The last ``keep`` entries of each plugin
+Entries of a debugging plugin come from the plugin (log events it sends, problems with its output)
+and from the daemon (connected, refused, disconnected, sessions that failed). Entries of a plugin
+that runs for every tenant (local: its stderr, its restarts) have the tenant ``""`` and are seen by
+every tenant (see :mod:`plugin_daemon.plugin_logs`). The last ``keep`` entries of each plugin
 are kept, also after it disconnects, for the last ``max_plugins`` plugins written to. A watcher
 gets new entries through a bounded memory stream; one that does not keep up loses entries (its
 ``dropped`` count says how many), it never slows a plugin's connection down.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,6 +22,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 PluginKey = tuple[str, str]  # (tenant id, plugin id)
+#: the tenant of an entry about a plugin that serves every tenant (a local plugin's output)
+ANY_TENANT = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,9 @@ class Watcher:
     dropped: int = field(default=0)
 
     def wants(self, entry: LogEntry) -> bool:
-        return entry.tenant_id == self.tenant_id and (self.plugin_id is None or entry.plugin_id == self.plugin_id)
+        return entry.tenant_id in (self.tenant_id, ANY_TENANT) and (
+            self.plugin_id is None or entry.plugin_id == self.plugin_id
+        )
 
 
 class LogBook:
@@ -59,6 +65,8 @@ class LogBook:
         self.watcher_buffer = watcher_buffer
         self._entries: OrderedDict[PluginKey, deque[LogEntry]] = OrderedDict()
         self._watchers: list[Watcher] = []
+        #: called with True when the first watcher comes, with False when the last one goes
+        self.on_watched: Callable[[bool], None] | None = None
 
     def add(self, tenant_id: str, plugin_id: str, level: int, message: str, source: str) -> LogEntry:
         entry = LogEntry(time.time(), tenant_id, plugin_id, logging.getLevelName(level), message, source)
@@ -83,9 +91,11 @@ class LogBook:
 
     def history(self, tenant_id: str, plugin_id: str | None = None) -> list[LogEntry]:
         """Kept entries of one plugin (or of every plugin of the tenant), oldest first."""
+        tenants = (tenant_id, ANY_TENANT)
         if plugin_id is not None:
-            return list(self._entries.get((tenant_id, plugin_id), ()))
-        merged = [entry for (tenant, _), entries in self._entries.items() if tenant == tenant_id for entry in entries]
+            merged = [entry for tenant in tenants for entry in self._entries.get((tenant, plugin_id), ())]
+        else:
+            merged = [entry for (tenant, _), entries in self._entries.items() if tenant in tenants for entry in entries]
         merged.sort(key=lambda entry: entry.time)
         return merged
 
@@ -95,12 +105,16 @@ class LogBook:
         send, receive = anyio.create_memory_object_stream[LogEntry](self.watcher_buffer)
         watcher = Watcher(tenant_id, plugin_id, send)
         self._watchers.append(watcher)
+        if len(self._watchers) == 1 and self.on_watched is not None:
+            self.on_watched(True)
         try:
             with receive:
                 yield receive
         finally:
             self._watchers.remove(watcher)
             send.close()
+            if not self._watchers and self.on_watched is not None:
+                self.on_watched(False)
 
     @property
     def watchers(self) -> int:
