@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     PLUGIN_LOCAL_LAUNCHING_CONCURRENT: int = 2
     PLUGIN_RUNTIME_MAX_BUFFER_SIZE: int = 5 * MiB
     PLUGIN_HEARTBEAT_TIMEOUT: float = 120.0
+    # --- line/1 plugins (plugins in any language, docs/line-protocol.md) -------------------
+    #: seconds between the daemon's heartbeats to a line/1 plugin (it answers heartbeat_ack)
+    PLUGIN_LINE_HEARTBEAT_INTERVAL: float = 10.0
     PLUGIN_RESTART_MAX_ATTEMPTS: int = 5
     #: a plugin's memory limit is its resource.memory, but never below this (bytes); 0 = no limit
     PLUGIN_MEMORY_LIMIT_FLOOR: int = 1024 * MiB

@@ -154,6 +154,8 @@ def _top_level(manifest: Manifest) -> dict[str, Any]:
                 "language": meta.runner.language,
                 "version": meta.runner.version,
                 "entrypoint": meta.runner.entrypoint,
+                # only when set: an SDK plugin's declaration keeps Go's shape
+                **({"protocol": meta.runner.protocol} if meta.runner.protocol else {}),
             },
             "minimum_dify_version": meta.minimum_dify_version,
         },

@@ -11,7 +11,7 @@ import posixpath
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import PackageError
 from .identity import AUTHOR_RE, NAME_RE, VERSION_RE, looks_like_uuid
@@ -67,16 +67,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+#: ``meta.runner.language`` of a ``line/1`` plugin: a plain name (node, bash, go...).
+LANGUAGE_RE = re.compile(r"[a-z][a-z0-9_.+-]{0,31}")
+
+
 class Runner(_Strict):
+    #: the wire protocol of the process: absent = the SDK's; ``line/1`` = docs/line-protocol.md
+    #: (declared first: the language rule depends on it)
+    protocol: Text | None = None
     language: Text
     version: Annotated[Text, Field(max_length=128)]
     entrypoint: Annotated[Text, Field(min_length=1, max_length=256)]
 
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        from plugin_daemon.protocol.codecs import CODECS
+
+        if value is not None and value not in CODECS:
+            raise ValueError(f"must be one of {', '.join(sorted(CODECS))} (or absent for the SDK's), got {value!r}")
+        return value
+
     @field_validator("language")
     @classmethod
-    def _python_only(cls, value: str) -> str:
-        if value != "python":
-            raise ValueError(f"must be 'python' (the only runner language supported), got {value!r}")
+    def _language_fits_protocol(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("protocol") is None:
+            if value != "python":
+                raise ValueError(
+                    f"must be 'python' (the only runner language of the SDK protocol; another language needs "
+                    f"meta.runner.protocol: line/1), got {value!r}"
+                )
+        elif not LANGUAGE_RE.fullmatch(value):
+            raise ValueError(f"must be a plain lower-case name (node, bash...), got {value!r}")
         return value
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import orjson
 from plugin_daemon.config import Settings
+from plugin_daemon.protocol.codecs import runner_protocol
 from plugin_daemon.runtime import PluginSpec
 
 from .commands import CommandResult, run_watched
@@ -149,6 +150,8 @@ class EnvironmentBuilder:
     async def prepare(self, spec: PluginSpec, progress: Progress) -> PluginLayout:
         """Return the plugin's layout with a working venv, extracting and building what is missing."""
         layout = PluginLayout.for_identifier(self.working_path, spec.identifier)
+        if runner_protocol(spec.declaration) is not None:
+            return await self._prepare_without_venv(spec, layout, progress)
         language = ((spec.declaration.get("meta") or {}).get("runner") or {}).get("language", "python")
         if language != "python":
             raise EnvironmentBuildError(
@@ -170,6 +173,19 @@ class EnvironmentBuilder:
                     f"building environment with {choice.label} (uv)" + (f": {choice.reason}" if choice.reason else "")
                 )
                 await self._build(spec, layout, choice)
+        return layout
+
+    async def _prepare_without_venv(self, spec: PluginSpec, layout: PluginLayout, progress: Progress) -> PluginLayout:
+        """A plugin that brings its own program (``meta.runner.protocol``, any language): its
+        folder is extracted, and no Python environment is built (nothing is installed for it)."""
+        lock = self._locks.setdefault(spec.identifier, anyio.Lock())
+        async with lock:
+            if _has_files(layout.workdir):
+                return layout
+            async with _file_lock(layout.lock_file, self.settings.PYTHON_ENV_INIT_HARD_TIMEOUT):
+                if not _has_files(layout.workdir):
+                    progress("extracting package")
+                    await anyio.to_thread.run_sync(self._extract, spec, layout)
         return layout
 
     # --- extraction ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from plugin_daemon.config import Settings
 from plugin_daemon.protocol.channels import QueueSessionChannel
+from plugin_daemon.protocol.codecs import CodecLink, LineCodec
 from plugin_daemon.protocol.framing import LineReader
 from plugin_daemon.protocol.router import SessionRouter
 from plugin_daemon.runtime import PluginSpec, PluginUnavailable
@@ -92,7 +93,7 @@ class ByteBudget:
 
 
 class PluginProcess:
-    """A running ``python -m <entrypoint>`` of one plugin."""
+    """A running plugin: ``python -m <entrypoint>``, or its own program when it speaks a codec."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class PluginProcess:
         env: dict[str, str],
         settings: Settings,
         confinement: Confinement | None = None,
+        codec: LineCodec | None = None,
     ) -> None:
         self.spec = spec
         self.confinement = confinement
@@ -111,14 +113,20 @@ class PluginProcess:
         self.max_line = settings.PLUGIN_RUNTIME_MAX_BUFFER_SIZE
         self.logger = logging.getLogger(f"plugin.{spec.plugin_id}")
         self.stray_stdout = StrayOutput(self.logger)
+        #: a plugin that does not speak the SDK protocol talks through its codec (None: SDK)
+        self.codec = codec
+        self._link = CodecLink(codec, self.write_line) if codec is not None else None
+        self.heartbeat_interval = max(settings.PLUGIN_LINE_HEARTBEAT_INTERVAL, 0.1)
         self.router = SessionRouter(
             spec.plugin_id,
-            self.write_line,
+            self._link.write if self._link is not None else self.write_line,
             max_line=self.max_line,
             logger=self.logger,
             on_heartbeat=self._heartbeat,
             on_unreadable=self.stray_stdout.add,
         )
+        if self._link is not None:
+            self._link.router = self.router
         self.stderr_tail = OutputTail(STDERR_TAIL_BYTES)
         self._read_budget = ByteBudget(STDERR_READ_RATE, STDERR_READ_BURST)
         self._log_budget = ByteBudget(STDERR_LOG_RATE, STDERR_LOG_BURST)
@@ -163,6 +171,8 @@ class PluginProcess:
                 group.start_soon(self._read_stdout)
                 group.start_soon(self._read_stderr)
                 group.start_soon(self.stray_stdout.log_in_bursts)
+                if self.codec is not None:
+                    group.start_soon(self._send_heartbeats)
                 await process.wait()
                 self._notify_exit()  # stop routing new sessions here before draining
                 with anyio.move_on_after(DRAIN_GRACE):
@@ -266,13 +276,26 @@ class PluginProcess:
 
     async def _read_stdout(self) -> None:
         monotonic = time.monotonic
-        route = self.router.feed
+        route = self._link.feed if self._link is not None else self.router.feed
         try:
             async for item in LineReader(ReaderStream(self._process.stdout), self.max_line):
                 self.last_activity = monotonic()
                 route(item)
         finally:
             self._stdout_done.set()
+
+    async def _send_heartbeats(self) -> None:
+        """A codec's plugin answers heartbeats rather than sending them: probe it now (its first
+        answer makes it ready), then every ``PLUGIN_LINE_HEARTBEAT_INTERVAL`` seconds."""
+        line = self.codec.heartbeat() if self.codec is not None else None
+        if line is None:
+            return
+        while self.alive:
+            try:
+                await self.write_line(line)
+            except PluginUnavailable:
+                return
+            await anyio.sleep(self.heartbeat_interval)
 
     def _heartbeat(self) -> None:
         if self.ready_at is None:

@@ -24,6 +24,7 @@ from plugin_daemon.runtime import InstanceState, PluginSpec
 
 from .environment import EnvironmentBuildError
 from .envvars import plugin_environment
+from .launch_command import LaunchCommandError, launch_command
 from .process import PluginProcess, describe_exit
 from .sandbox import IsolationUnavailable
 
@@ -169,7 +170,15 @@ class PluginSupervisor:
                 except Exception as exc:  # an unexpected failure must not leave callers waiting
                     logger.exception("%s: preparing the environment failed", spec.identifier, extra=self.log_ids)
                     return Outcome(False, f"preparing the environment failed: {type(exc).__name__}: {exc}")
-                entrypoint = str(((spec.declaration.get("meta") or {}).get("runner") or {}).get("entrypoint") or "main")
+                try:
+                    command = launch_command(
+                        spec,
+                        layout.python,
+                        layout.venv,
+                        plugin_environment(runtime.settings, layout.venv, runtime.extra_env),
+                    )
+                except LaunchCommandError as exc:
+                    return Outcome(False, str(exc))
                 try:
                     confinement = await anyio.to_thread.run_sync(
                         runtime.sandbox.confine_plugin, spec.plugin_id, layout.workdir, layout.venv
@@ -177,12 +186,7 @@ class PluginSupervisor:
                 except (IsolationUnavailable, OSError) as exc:
                     return Outcome(False, f"cannot isolate plugin {spec.plugin_id}: {exc}")
                 process = PluginProcess(
-                    spec,
-                    [str(layout.python), "-m", entrypoint],
-                    layout.workdir,
-                    plugin_environment(runtime.settings, layout.venv, runtime.extra_env),
-                    runtime.settings,
-                    confinement,
+                    spec, command.argv, layout.workdir, command.env, runtime.settings, confinement, command.codec
                 )
                 self.progress("starting plugin process")
                 try:

@@ -77,7 +77,16 @@ def manifest_error(**changes: Any) -> str:
         ({"meta__runner": DELETE}, "field 'meta.runner' is required"),
         (
             {"meta__runner__language": "go"},
-            "field 'meta.runner.language' must be 'python' (the only runner language supported), got 'go'",
+            "field 'meta.runner.language' must be 'python' (the only runner language of the SDK protocol; another "
+            "language needs meta.runner.protocol: line/1), got 'go'",
+        ),
+        (
+            {"meta__runner__protocol": "line/9"},
+            "field 'meta.runner.protocol' must be one of line/1 (or absent for the SDK's), got 'line/9'",
+        ),
+        (
+            {"meta__runner__protocol": "line/1", "meta__runner__language": "Node JS"},
+            "field 'meta.runner.language' must be a plain lower-case name (node, bash...), got 'Node JS'",
         ),
         ({"meta__runner__entrypoint": DELETE}, "field 'meta.runner.entrypoint' is required"),
         ({"meta__runner__version": DELETE}, "field 'meta.runner.version' is required"),
@@ -152,3 +161,10 @@ def test_unquoted_float_in_a_text_field_keeps_its_text() -> None:
     files = tool_plugin()
     files["manifest.yaml"] = to_yaml(MANIFEST).replace(b"version: '3.12'", b"version: 3.10")
     assert decode_package(zip_files(files)).declaration["meta"]["runner"]["version"] == "3.10"
+
+
+def test_line_protocol_runner_in_another_language_is_accepted() -> None:
+    runner = {"language": "node", "version": "20", "entrypoint": "node main.js", "protocol": "line/1"}
+    manifest = changed(MANIFEST, meta__runner=runner)
+    declaration = decode_package(zip_files(tool_plugin(manifest))).declaration
+    assert declaration["meta"]["runner"] == runner
