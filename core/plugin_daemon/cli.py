@@ -12,6 +12,7 @@ from rich.console import Console
 from plugin_daemon import __version__, manage_cli
 from plugin_daemon.config import Settings, SettingsError, load_settings
 from plugin_daemon.extensions_cli import extensions, plugins_alias
+from plugin_daemon.gc_cli import gc
 from plugin_daemon.hardening import KEY_FILE
 from plugin_daemon.plugins import load_extensions
 from plugin_daemon.signature_cli import signature
@@ -148,7 +149,7 @@ def package(folder: Path, output: Path | None) -> None:
     click.echo(str(identifier))  # alone on stdout, for scripts
 
 
-for command in (*manage_cli.COMMANDS, extensions, plugins_alias, signature):
+for command in (*manage_cli.COMMANDS, extensions, plugins_alias, gc, signature):
     cli.add_command(command)
 
 

@@ -165,6 +165,12 @@ class Runtime(ABC):
         route shows them without a key). Empty when all is well."""
         return []
 
+    def leftovers(self, installed: set[str]) -> list[Path]:
+        """Folders this runtime keeps on disk for plugins that no identifier of ``installed`` names
+        (left by uninstalls and failed installs); ``plugin-daemon gc`` lists them, and removes them
+        while the daemon is stopped. The default keeps none."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Stop everything this runtime started (daemon shutdown)."""
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -22,7 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from plugin_daemon.config import Settings
 from plugin_daemon.runtime import InstanceState, PluginSpec, PluginUnavailable, Runtime, SessionChannel
 
-from .environment import EnvironmentBuilder
+from .environment import EnvironmentBuilder, EnvironmentBuildError, PluginLayout
 from .envvars import extra_plugin_environment
 from .idle import IDLE_STATUS, IdlePolicy, IdleStopped
 from .memory import MiB, tree_rss
@@ -193,6 +194,30 @@ class LocalRuntime(Runtime):
             **{stopped.spec.plugin_id: InstanceState.STOPPED.value for stopped in self._idle_stopped.values()},
             **{sup.spec.plugin_id: sup.state.value for sup in self._supervisors.values()},
         }
+
+    def leftovers(self, installed: set[str]) -> list[Path]:
+        working_path = self.settings.working_path
+        kept = set()
+        for identifier in installed:
+            try:
+                kept.add(PluginLayout.for_identifier(working_path, identifier).workdir)
+            except EnvironmentBuildError:
+                continue  # not a local plugin's identifier: nothing of it on disk
+        if not working_path.is_dir():
+            return []
+        found = []
+        for author in sorted(working_path.iterdir()):
+            if author.name.startswith(".") or author.is_symlink() or not author.is_dir():
+                continue  # the uv cache, lock files
+            found += [
+                folder
+                for folder in sorted(author.iterdir())
+                if not folder.name.startswith(".")
+                and folder.is_dir()
+                and not folder.is_symlink()
+                and folder not in kept
+            ]
+        return found
 
     def problems(self) -> list[str]:
         failed = sum(1 for sup in self._supervisors.values() if sup.state is InstanceState.FAILED)
