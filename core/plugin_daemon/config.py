@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN: int = 5
     #: seconds a connecting plugin has to send its whole registration (key, declarations, assets)
     PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT: float = 10.0
-    #: seconds of silence after which a debugging connection is closed
+    #: seconds of silence after which a debugging connection is shown silent (see the block of #17)
     PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT: float = 60.0
     #: seconds a debugging key lives after it was last issued or used
     PLUGIN_REMOTE_INSTALLING_KEY_TTL: int = 2 * 60 * 60
@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     #: invalid keys one address may try per window before all its attempts are refused
     PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS: int = 10
     PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW: float = 60.0
+
+    # --- debugging plugins (#17): paused at a breakpoint, reloading ----------------------
+    #: seconds a silent debugging connection (no heartbeat, TCP alive: a paused plugin) is kept
+    PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT: float = 3600.0
 
     # --- input bounds: what one upload or one debugging connection may cost ---------------
     #: dependencies one bundle may list (each carried package is decoded once however often listed)

@@ -3,14 +3,20 @@
 After the registration the socket carries the same lines as a local plugin's stdin and stdout
 (protocol.md §2.3): the reader hands every line to a
 :class:`~plugin_daemon.protocol.router.SessionRouter`, requests and backwards responses are written
-one line at a time under a lock, with a deadline. The connection ends when the plugin closes it,
-when it has been silent for ``PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT`` seconds, or when the
-daemon closes it; every session still open then gets ``ConnectionClosedError`` at once.
+one line at a time under a lock, with a deadline.
+
+A plugin silent for ``PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT`` seconds while its TCP connection
+lives is *silent*, not gone: a plugin stopped at a breakpoint sends nothing (every greenlet is
+frozen) yet its kernel still answers TCP keepalive. It stays installed and its calls wait. The
+connection ends when the plugin closes it (or keepalive finds its host gone), when it has been
+silent for ``PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT`` seconds, or when the daemon closes it;
+every session still open then gets ``ConnectionClosedError`` at once.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -26,6 +32,29 @@ from .declaration import DebugPlugin
 WRITE_TIMEOUT = 30.0
 CLOSED_ERROR = "ConnectionClosedError"
 CLOSED_MESSAGE = "Connection closed unexpectedly"
+#: TCP keepalive on a registered connection: first probe after this many idle seconds, then one
+#: every KEEPALIVE_INTERVAL, KEEPALIVE_PROBES unanswered probes close it (a host that vanished).
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_PROBES = 3
+#: While a plugin is silent, how often the watcher looks whether it answers again.
+SILENT_POLL = 0.5
+
+
+def enable_keepalive(stream: SocketStream) -> None:
+    """Let the kernel find a peer whose host is gone (a paused process still answers probes)."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class DebugConnection:
@@ -39,6 +68,7 @@ class DebugConnection:
         address: str,
         *,
         heartbeat_timeout: float,
+        silent_drop_timeout: float = 3600.0,
         accepted_at: float | None = None,
         on_note: NoteListener | None = None,
     ) -> None:
@@ -47,6 +77,7 @@ class DebugConnection:
         self.plugin = plugin
         self.address = address
         self.heartbeat_timeout = heartbeat_timeout
+        self.silent_drop_timeout = max(silent_drop_timeout, heartbeat_timeout)
         self.connected_at = time.time()
         #: ``time.monotonic()`` at accept
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
@@ -65,9 +96,13 @@ class DebugConnection:
             on_note=on_note,
         )
         self._write_lock = anyio.Lock()
+        enable_keepalive(stream)
         self._scope: anyio.CancelScope | None = None
         self._close_reason: str | None = None
         self._closed_hooks: list[Callable[[DebugConnection], None]] = []
+        self._notice_hooks: list[Callable[[int, str], None]] = []
+        #: ``time.monotonic()`` when the plugin was found silent (None while it answers)
+        self.silent_since: float | None = None
 
     @property
     def identifier(self) -> str:
@@ -76,6 +111,13 @@ class DebugConnection:
     @property
     def alive(self) -> bool:
         return self.ended is None and self._close_reason is None
+
+    @property
+    def silent_for(self) -> float | None:
+        """Seconds the plugin has sent nothing, once that passed the heartbeat timeout (else None)."""
+        if self.silent_since is None:
+            return None
+        return time.monotonic() - self.last_activity
 
     def _heartbeat(self) -> None:
         self.heartbeats += 1
@@ -103,6 +145,14 @@ class DebugConnection:
     def on_closed(self, hook: Callable[[DebugConnection], None]) -> None:
         """``hook(connection)`` runs synchronously as soon as the connection is found gone."""
         self._closed_hooks.append(hook)
+
+    def on_notice(self, hook: Callable[[int, str], None]) -> None:
+        """``hook(level, message)`` hears that the plugin went silent or answers again."""
+        self._notice_hooks.append(hook)
+
+    def _notice(self, level: int, message: str) -> None:
+        for hook in self._notice_hooks:
+            hook(level, message)
 
     def close(self, reason: str) -> None:
         """End the connection now (from any task); ``reason`` goes into the sessions' error."""
@@ -142,12 +192,31 @@ class DebugConnection:
 
     async def _watch_silence(self) -> None:
         timeout = self.heartbeat_timeout
+        drop = self.silent_drop_timeout
         while True:
-            silent_for = time.monotonic() - self.last_activity
-            if silent_for >= timeout:
+            now = time.monotonic()
+            silent_for = now - self.last_activity
+            if silent_for >= drop:
                 self.close(
                     f"the plugin sent no heartbeat for {silent_for:.0f} s "
-                    f"(PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT {timeout:g} s)"
+                    f"(PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT {drop:g} s)"
                 )
                 return
+            if silent_for >= timeout:
+                if self.silent_since is None:
+                    self.silent_since = self.last_activity + timeout
+                    self._notice(
+                        logging.WARNING,
+                        f"silent: no heartbeat for {silent_for:.0f} s "
+                        f"(PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT {timeout:g} s) while its connection is "
+                        f"alive (stopped at a breakpoint?); kept, calls wait, closed after {drop:g} s of silence",
+                    )
+                await anyio.sleep(min(SILENT_POLL, drop - silent_for))
+                continue
+            if self.silent_since is not None:
+                self._notice(
+                    logging.INFO,
+                    f"answering again after {self.last_activity - self.silent_since + timeout:.1f} s of silence",
+                )
+                self.silent_since = None
             await anyio.sleep(timeout - silent_for)

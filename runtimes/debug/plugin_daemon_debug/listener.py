@@ -170,6 +170,7 @@ class DebugListener:
                 plugin,
                 address,
                 heartbeat_timeout=settings.PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT,
+                silent_drop_timeout=settings.PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT,
                 accepted_at=accepted,
                 on_note=lambda level, message: runtime.plugin_note(plugin, level, message),
             )

@@ -158,6 +158,7 @@ class DebugRuntime(Runtime):
             self._by_plugin.setdefault(key, []).append(connection)
             self._routes[plugin.identifier] = connection
             connection.on_closed(self._unroute)
+            connection.on_notice(lambda level, message: self.note(plugin.tenant_id, plugin.plugin_id, level, message))
             try:
                 await anyio.to_thread.run_sync(self._install, plugin)
                 connection.registered_in = time.monotonic() - connection.accepted_at
@@ -302,7 +303,9 @@ class DebugRuntime(Runtime):
         ]
 
     def instance_states(self) -> dict[str, str]:
-        return {connection.plugin.plugin_id: "ready" for connection in self.connections() if connection.alive}
+        return {
+            connection.plugin.plugin_id: state_of(connection) for connection in self.connections() if connection.alive
+        }
 
     def problems(self) -> list[str]:
         if self.settings.PLUGIN_REMOTE_INSTALLING_ENABLED and self.address is None:
@@ -322,8 +325,14 @@ class DebugRuntime(Runtime):
         }
 
 
+def state_of(connection: DebugConnection) -> str:
+    """``ready``, or ``silent`` (no heartbeat for the heartbeat timeout, connection alive)."""
+    return "ready" if connection.silent_since is None else "silent"
+
+
 def describe(connection: DebugConnection) -> dict[str, Any]:
     plugin = connection.plugin
+    silent_for = connection.silent_for
     return {
         "plugin_id": plugin.plugin_id,
         "plugin_unique_identifier": plugin.identifier,
@@ -334,4 +343,6 @@ def describe(connection: DebugConnection) -> dict[str, Any]:
         "heartbeats": connection.heartbeats,
         "sessions": len(connection.router.sessions),
         "alive": connection.alive,
+        "state": state_of(connection),
+        "silent_for": round(silent_for, 1) if silent_for is not None else None,
     }

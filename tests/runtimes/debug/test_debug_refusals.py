@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow
 
 HANDSHAKE_TIMEOUT = 2.0
 HEARTBEAT_TIMEOUT = 3.0
+SILENT_DROP_TIMEOUT = 4.0
 MAX_FAILED_KEYS = 3
 TENANT_CAP = 2
 LIMIT = 5 * 1024 * 1024
@@ -57,6 +58,7 @@ def server(home: Path) -> Iterator[DaemonServer]:
         home,
         PLUGIN_REMOTE_INSTALLING_HANDSHAKE_TIMEOUT=HANDSHAKE_TIMEOUT,
         PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT,
+        PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT=SILENT_DROP_TIMEOUT,
         PLUGIN_REMOTE_INSTALLING_MAX_FAILED_KEYS=MAX_FAILED_KEYS,
         PLUGIN_REMOTE_INSTALLING_FAILED_KEYS_WINDOW=600,
         PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN=TENANT_CAP,
@@ -255,7 +257,9 @@ def test_a_plugin_installed_another_way_is_not_replaced(server: DaemonServer, go
     still_good(server, good)
 
 
-def test_a_silent_plugin_is_dropped_and_its_sessions_fail(server: DaemonServer, good: dict[str, Any]) -> None:
+def test_a_plugin_silent_past_the_drop_timeout_is_dropped_and_its_sessions_fail(
+    server: DaemonServer, good: dict[str, Any]
+) -> None:
     port = debug_port(server)
     key = debugging_key(server.client, "tenant-silent")
     target = Target(server.client, "tenant-silent")
@@ -277,10 +281,11 @@ def test_a_silent_plugin_is_dropped_and_its_sessions_fail(server: DaemonServer, 
             "data",
         ]
         assert request["event"] == "request" and request["data"]["tool_parameters"] == {"text": "hello?"}
-        peer.read_until_closed(HEARTBEAT_TIMEOUT + 5)  # we answer nothing, send no heartbeat
+        peer.read_until_closed(SILENT_DROP_TIMEOUT + 5)  # we answer nothing, send no heartbeat
         caller.join(timeout=5)
     error = plugin_error(result[0][-1])
     assert error["error_type"] == "ConnectionClosedError"
     assert error["message"].startswith("Connection closed unexpectedly: the plugin sent no heartbeat for")
+    assert "PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT 4 s" in error["message"]
     wait_uninstalled(server.client, "tester/echo_tool", "tenant-silent")
     still_good(server, good)

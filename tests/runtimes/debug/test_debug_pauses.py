@@ -1,0 +1,103 @@
+"""A debugging plugin that pauses (a breakpoint, SIGSTOP) is shown silent, not dropped.
+
+A real SDK plugin in remote mode is stopped with SIGSTOP for longer than the heartbeat timeout
+(set short): it stays installed and is listed silent while its TCP connection lives; after SIGCONT
+it answers the call made meanwhile, and new ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conformance.suite import Target, call_tool, items_of
+from tests.runtimes.debug.debug_support import (
+    TENANT,
+    SdkPlugin,
+    debug_port,
+    debug_settings,
+    debugging_key,
+    installations,
+    wait_installed,
+)
+from tests.support.daemon_server import DaemonServer, running_daemon
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+ECHO = "tester/echo_tool"
+HEARTBEAT_TIMEOUT = 1.5
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("debug-pauses-home")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[DaemonServer]:
+    settings = debug_settings(home, PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT)
+    with running_daemon(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def echo(server: DaemonServer, home: Path) -> Iterator[SdkPlugin]:
+    plugin = SdkPlugin(
+        "echo_tool", debug_port(server), debugging_key(server.client), home / "logs", env={"HEARTBEAT_INTERVAL": "0.3"}
+    ).start()
+    try:
+        wait_installed(server.client, ECHO)
+        yield plugin
+    finally:
+        if plugin.proc is not None and plugin.alive:
+            os.killpg(plugin.proc.pid, signal.SIGCONT)
+        plugin.kill()
+
+
+def listed(server: DaemonServer) -> dict[str, Any]:
+    body = server.client.get(f"/plugin/{TENANT}/debugging/plugins").json()
+    assert body["code"] == 0, body
+    (plugin,) = body["data"]
+    return plugin
+
+
+def test_a_stopped_plugin_is_shown_silent_kept_and_answers_after_sigcont(server: DaemonServer, echo: SdkPlugin) -> None:
+    target = Target(server.client, TENANT)
+    assert items_of(call_tool(target, "echo", {"text": "before"}))[0]["message"] == {"text": "before"}
+    before = listed(server)
+    assert before["state"] == "ready" and before["silent_for"] is None
+    assert echo.proc is not None
+    os.killpg(echo.proc.pid, signal.SIGSTOP)
+    result: list[Any] = []
+    caller = threading.Thread(target=lambda: result.append(call_tool(target, "echo", {"text": "paused"})))
+    caller.start()
+
+    # Silent for more than twice the heartbeat timeout: shown silent, the same connection, still installed.
+    wait_for(lambda: (listed(server)["silent_for"] or 0) > 2 * HEARTBEAT_TIMEOUT, 20, "the plugin to be silent a while")
+    during = listed(server)
+    assert during["state"] == "silent" and during["alive"]
+    assert during["connected_at"] == before["connected_at"]
+    assert during["sessions"] == 1  # the call made while it is stopped waits
+    assert ECHO in installations(server.client)
+    health = server.client.get("/health/check", headers={"X-Api-Key": server.settings.SERVER_KEY}).json()
+    (shown,) = health["runtimes"]["remote"]["plugins"].values()
+    assert shown["state"] == "silent"
+    assert caller.is_alive() and not result
+
+    os.killpg(echo.proc.pid, signal.SIGCONT)
+    caller.join(timeout=20)
+    assert result, "the call made while the plugin was stopped did not answer after SIGCONT"
+    assert items_of(result[0])[0]["message"] == {"text": "paused"}
+    wait_for(lambda: listed(server)["state"] == "ready", 10, "the plugin to be shown ready again")
+    after = listed(server)
+    assert after["connected_at"] == before["connected_at"] and after["silent_for"] is None
+    assert items_of(call_tool(target, "echo", {"text": "after"}))[0]["message"] == {"text": "after"}
+    logs = server.client.get(f"/plugin/{TENANT}/debugging/logs", params={"plugin_id": ECHO, "follow": "false"})
+    assert "silent: no heartbeat for" in logs.text and "answering again after" in logs.text
