@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from plugin_daemon.packages import build_package
 
 from tests.conformance.suite import *  # noqa: F403
-from tests.conformance.suite import Target, call_tool, items_of
+from tests.conformance.suite import Target, call_tool, items_of, plugin_error, sse
 from tests.conftest import TEST_KEY
-from tests.core.test_management_api import envelope
+from tests.core.test_management_api import envelope, upload, wait_task
 from tests.runtimes.local.local_runtime_support import make_settings
 from tests.runtimes.local.test_local_http import install
 from tests.support.daemon_server import DaemonServer, running_daemon
@@ -25,7 +26,7 @@ from tests.support.dify_inner_api import DifyInnerAPI
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
+    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),  # CI images have it
 ]
 
 TENANT = "tenant-line"
@@ -62,6 +63,31 @@ def test_listed_like_any_plugin(server: DaemonServer) -> None:
 
 def test_no_python_environment_is_built(server: DaemonServer) -> None:
     assert items_of(call_tool(Target(server.client, TENANT), "echo", {"text": "x"}))
-    folders = [path for path in Path(server.settings.working_path).glob("tester/echo_tool-*") if path.is_dir()]
-    assert folders and all((folder / "main.js").is_file() for folder in folders)
-    assert not any((folder / ".venv").exists() for folder in folders)
+    listing = envelope(server.client.get(f"/plugin/{TENANT}/management/list", params={"page": 1, "page_size": 10}))
+    identifier = listing["list"][0]["plugin_unique_identifier"]  # tester/echo_tool:0.0.1@<checksum>
+    folder = Path(server.settings.working_path) / identifier.replace(":", "-")
+    assert (folder / "main.js").is_file()
+    assert not (folder / ".venv").exists()
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_bash_plugin_echoes_and_its_error_name_is_mapped(server: DaemonServer) -> None:
+    folder = Path(__file__).parents[3] / "contrib" / "line-plugins" / "echo_sh"
+    identifier = envelope(upload(server.client, build_package(folder), TENANT))["unique_identifier"]
+    started = envelope(
+        server.client.post(
+            f"/plugin/{TENANT}/management/install/identifiers",
+            json={"plugin_unique_identifiers": [identifier], "source": "package", "metas": [{}]},
+        )
+    )
+    assert wait_task(server.client, started["task_id"], TENANT, timeout=120)["status"] == "success"
+    target = Target(server.client, TENANT)
+    events = call_tool(target, "echo", {"text": "from bash"}, plugin_id="example/echo_sh", provider="echo_sh")
+    assert items_of(events) == [{"type": "text", "message": {"text": "from bash"}, "meta": None}]
+    refused = server.client.post(
+        f"/plugin/{TENANT}/dispatch/tool/validate_credentials",
+        headers={"X-Plugin-ID": "example/echo_sh"},
+        json={"user_id": "u", "data": {"provider": "echo_sh", "credentials": {"api_key": "bad"}}},
+    )
+    error = plugin_error(sse(refused)[-1])
+    assert (error["error_type"], error["message"]) == ("CredentialsValidateFailedError", "invalid api_key")
