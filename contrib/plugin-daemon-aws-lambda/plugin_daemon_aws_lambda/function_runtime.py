@@ -60,10 +60,10 @@ class Plugin:
     def __init__(self, task_root: str) -> None:
         self.task_root = task_root
         self.port = free_port()
-        manifest = os.path.join(task_root, "plugin", "dify_lambda_entrypoint")
+        entry_file = os.path.join(task_root, "plugin", "dify_lambda_entrypoint")  # written by package.py
         entrypoint = "main"
-        if os.path.exists(manifest):
-            with open(manifest) as handle:
+        if os.path.exists(entry_file):
+            with open(entry_file) as handle:
                 entrypoint = handle.read().strip() or "main"
         env = dict(os.environ)
         site = os.path.join(task_root, "python")
