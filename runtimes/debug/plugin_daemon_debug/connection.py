@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import anyio
 from anyio.abc import SocketStream
+from plugin_daemon.protocol.codecs import CodecLink, LineCodec, send_heartbeats
 from plugin_daemon.protocol.framing import LineReader
 from plugin_daemon.protocol.router import NoteListener, SessionRouter
 from plugin_daemon.runtime import PluginUnavailable
@@ -71,6 +72,8 @@ class DebugConnection:
         silent_drop_timeout: float = 3600.0,
         accepted_at: float | None = None,
         on_note: NoteListener | None = None,
+        codec: LineCodec | None = None,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.stream = stream
         self.reader = reader
@@ -87,14 +90,20 @@ class DebugConnection:
         self.heartbeats = 0
         #: why the connection ended (None while it is open)
         self.ended: str | None = None
+        #: a plugin that speaks a codec (line/1) rather than the SDK protocol; None: the SDK's
+        self.codec = codec
+        self.heartbeat_interval = heartbeat_interval
+        self._link = CodecLink(codec, self.write_line) if codec is not None else None
         self.router = SessionRouter(
             plugin.plugin_id,
-            self.write_line,
+            self._link.write if self._link is not None else self.write_line,
             max_line=reader.max_size,
             logger=logging.getLogger(f"plugin.{plugin.plugin_id}"),
             on_heartbeat=self._heartbeat,
             on_note=on_note,
         )
+        if self._link is not None:
+            self._link.router = self.router
         self._write_lock = anyio.Lock()
         enable_keepalive(stream)
         self._scope: anyio.CancelScope | None = None
@@ -170,6 +179,9 @@ class DebugConnection:
                     scope.cancel()
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._watch_silence)
+                    if self.codec is not None:
+                        beat = self.heartbeat_interval
+                        group.start_soon(send_heartbeats, self.codec, self.write_line, beat, lambda: self.alive)
                     await self._read()
                     group.cancel_scope.cancel()
         finally:
@@ -182,7 +194,7 @@ class DebugConnection:
 
     async def _read(self) -> None:
         monotonic = time.monotonic
-        route = self.router.feed
+        route = self._link.feed if self._link is not None else self.router.feed
         try:
             async for item in self.reader:
                 self.last_activity = monotonic()

@@ -27,6 +27,7 @@ class DebugPlugin:
     plugin_id: str
     declaration: dict[str, Any]
     media: dict[str, bytes]  # media id → content
+    protocol: str | None = None  # None = the SDK's; else a codec's name (line/1)
 
 
 def identity_checksum(declaration: dict[str, Any], tenant_id: str) -> str:
@@ -49,4 +50,6 @@ def build_plugin(registration: Registration) -> DebugPlugin:
         identifier = PluginIdentifier.parse(text)
     except PackageError as exc:  # the manifest checks make this unreachable; keep the promise anyway
         raise Refused(f"register failed, invalid manifest detected: {exc.message}") from None
-    return DebugPlugin(registration.tenant_id, str(identifier), identifier.plugin_id, declaration, media)
+    return DebugPlugin(
+        registration.tenant_id, str(identifier), identifier.plugin_id, declaration, media, registration.protocol
+    )

@@ -42,6 +42,8 @@ class Registration:
     manifest: dict[str, Any]
     providers: dict[str, Any] = field(default_factory=dict)  # declaration key → providers[0]
     assets: dict[str, bytes] = field(default_factory=dict)  # file name → content
+    #: the protocol the plugin speaks after registering: None = the SDK's, else a codec's name
+    protocol: str | None = None
 
 
 #: Checks a key; returns its tenant or raises Refused.
@@ -105,7 +107,7 @@ async def read_registration(
         if charge is not None and state.tenant_id is not None:
             charge(len(line))
         kind, data = _frame(line)
-        if kind != "asset_chunk" and _nests_deeper(data, MAX_DECLARATION_DEPTH):
+        if kind != "asset_chunk" and nests_deeper(data, MAX_DECLARATION_DEPTH):
             depth = MAX_DECLARATION_DEPTH
             raise Refused(f"register failed, invalid manifest detected: {kind} nests more than {depth} levels deep")
         if state.tenant_id is None:
@@ -139,7 +141,7 @@ async def read_registration(
     raise Refused("handshake failed, the connection ended before the registration did")
 
 
-def _nests_deeper(value: Any, limit: int) -> bool:
+def nests_deeper(value: Any, limit: int) -> bool:
     """Whether ``value`` has containers nested more than ``limit`` deep (without recursion)."""
     level: list[Any] = [value]
     for _ in range(limit):

@@ -15,20 +15,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteReceiveStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from plugin_daemon.memory import give_back_memory
+from plugin_daemon.protocol.codecs import codec_for
+from plugin_daemon.protocol.codecs.line1 import PROTOCOL as LINE_PROTOCOL
 from plugin_daemon.protocol.framing import LineReader, LineTooLong
 from plugin_daemon.quickack import QuickAckReceiveStream
-from plugin_daemon.runtime import RuntimeStartError
+from plugin_daemon.runtime import PluginUnavailable, RuntimeStartError
 
 from .admission import BUSY, Admission, Stranger, read_first_line
 from .connection import DebugConnection
 from .declaration import DebugPlugin, build_plugin
 from .handshake import Refused, read_registration
+from .line_handshake import auth_failed, auth_success, is_line_auth, read_line_registration
 
 if TYPE_CHECKING:
     from .runtime import DebugRuntime
@@ -49,6 +53,12 @@ class _Claims:
 
     tenant_id: str | None = None
     charged: int = 0
+    #: the codec the first line chose (None: the SDK's handshake)
+    protocol: str | None = None
+
+    def refusal(self, line: str) -> str:
+        """What the peer is told: the SDK's plain line, or a line/1 ``auth_failed`` message."""
+        return auth_failed(line) if self.protocol is not None else line
 
 
 def read_only_when_asked(stream: SocketStream) -> None:
@@ -158,7 +168,7 @@ class DebugListener:
         try:
             outcome = await self._read_plugin(receiver, reader, address, accepted, stranger, claims)
             if isinstance(outcome, str):
-                await self._refuse(stream, address, outcome)
+                await self._refuse(stream, address, claims.refusal(outcome))
                 return None
             if outcome is None:
                 return None
@@ -173,13 +183,18 @@ class DebugListener:
                 silent_drop_timeout=settings.PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT,
                 accepted_at=accepted,
                 on_note=lambda level, message: runtime.plugin_note(plugin, level, message),
+                codec=codec_for(plugin.protocol)() if plugin.protocol is not None else None,
+                heartbeat_interval=settings.PLUGIN_LINE_HEARTBEAT_INTERVAL,
             )
             try:
                 await runtime.attach(connection)
             except Refused as exc:
                 runtime.note(plugin.tenant_id, plugin.plugin_id, logging.WARNING, f"refused: {exc.line}")
-                await self._refuse(stream, address, exc.line)
+                await self._refuse(stream, address, claims.refusal(exc.line))
                 return None
+            if plugin.protocol is not None:
+                with contextlib.suppress(PluginUnavailable):
+                    await connection.write_line(auth_success(uuid.uuid4().hex))
             return connection
         finally:
             if claims.tenant_id is not None:
@@ -214,9 +229,13 @@ class DebugListener:
             claims.charged += size
 
         try:
-            reader.feed(await self._handshake_line(receiver, stranger, accepted))
+            first = await self._handshake_line(receiver, stranger, accepted)
+            if is_line_auth(first):  # the first line chooses the protocol (docs/line-protocol.md §9)
+                claims.protocol = LINE_PROTOCOL
+            reader.feed(first)
+            read = read_line_registration if claims.protocol is not None else read_registration
             with anyio.fail_after(max(0.0, timeout - (time.monotonic() - accepted))):
-                registration = await read_registration(
+                registration = await read(
                     reader,
                     authenticate,
                     max_assets=settings.PLUGIN_REMOTE_INSTALLING_MAX_ASSETS_SIZE,

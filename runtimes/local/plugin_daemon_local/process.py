@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 from plugin_daemon.config import Settings
 from plugin_daemon.protocol.channels import QueueSessionChannel
-from plugin_daemon.protocol.codecs import CodecLink, LineCodec
+from plugin_daemon.protocol.codecs import CodecLink, LineCodec, send_heartbeats
 from plugin_daemon.protocol.framing import LineReader
 from plugin_daemon.protocol.router import SessionRouter
 from plugin_daemon.runtime import PluginSpec, PluginUnavailable
@@ -172,7 +172,8 @@ class PluginProcess:
                 group.start_soon(self._read_stderr)
                 group.start_soon(self.stray_stdout.log_in_bursts)
                 if self.codec is not None:
-                    group.start_soon(self._send_heartbeats)
+                    beat = self.heartbeat_interval
+                    group.start_soon(send_heartbeats, self.codec, self.write_line, beat, lambda: self.alive)
                 await process.wait()
                 self._notify_exit()  # stop routing new sessions here before draining
                 with anyio.move_on_after(DRAIN_GRACE):
@@ -283,19 +284,6 @@ class PluginProcess:
                 route(item)
         finally:
             self._stdout_done.set()
-
-    async def _send_heartbeats(self) -> None:
-        """A codec's plugin answers heartbeats rather than sending them: probe it now (its first
-        answer makes it ready), then every ``PLUGIN_LINE_HEARTBEAT_INTERVAL`` seconds."""
-        line = self.codec.heartbeat() if self.codec is not None else None
-        if line is None:
-            return
-        while self.alive:
-            try:
-                await self.write_line(line)
-            except PluginUnavailable:
-                return
-            await anyio.sleep(self.heartbeat_interval)
 
     def _heartbeat(self) -> None:
         if self.ready_at is None:

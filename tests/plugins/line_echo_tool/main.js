@@ -1,9 +1,25 @@
 // tests/plugins/echo_tool in Node.js, speaking line/1 (docs/line-protocol.md): one JSON object per line.
-// stdout carries protocol messages only; anything else goes to stderr.
+// Run by the daemon, it speaks on stdin/stdout (stdout carries protocol messages only; anything else
+// goes to stderr). With REMOTE_INSTALL_URL=host:port and REMOTE_INSTALL_KEY set, it connects to the
+// daemon's debug port instead, and registers with the declaration in LINE_DECLARATION_FILE (a JSON
+// file {"manifest", "declarations", "assets"}).
 "use strict";
+const net = require("net");
 const readline = require("readline");
+const fs = require("fs");
 
-const send = (message) => process.stdout.write(JSON.stringify(message) + "\n");
+const remote = process.env.REMOTE_INSTALL_URL;
+const socket = remote ? net.connect(Number(remote.split(":")[1]), remote.split(":")[0]) : null;
+const output = socket || process.stdout;
+const input = socket || process.stdin;
+const send = (message) => output.write(JSON.stringify(message) + "\n");
+if (socket) {
+  const declaration = JSON.parse(fs.readFileSync(process.env.LINE_DECLARATION_FILE, "utf8"));
+  const { author, name } = declaration.manifest;
+  send({ type: "auth", api_key: process.env.REMOTE_INSTALL_KEY, plugin_id: `${author}/${name}` });
+  send({ type: "declaration", ...declaration });
+  socket.on("error", (error) => { process.stderr.write(`${error.message}\n`); process.exit(1); });
+}
 const log = (level, message) => send({ type: "log", level, message, timestamp: new Date().toISOString() });
 
 // Backwards calls waiting for their answer: call_id -> { chunks, resolve, reject }.
@@ -95,7 +111,7 @@ async function invoke(message) {
       return reply({ status: "success", data: { type: "text", content: "slept" } });
     case "crash":
       send({ type: "stream_start", session_id, request_id });
-      return process.stdout.write(JSON.stringify({ type: "stream_chunk", session_id, data: { content: "dying" } }) + "\n", () => process.exit(3));
+      return output.write(JSON.stringify({ type: "stream_chunk", session_id, data: { content: "dying" } }) + "\n", () => process.exit(3));
     case "huge":
       return reply({ status: "success", data: { type: "text", content: "x".repeat(Number(p.size || 0)) } });
     default:
@@ -103,7 +119,7 @@ async function invoke(message) {
   }
 }
 
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
+readline.createInterface({ input }).on("line", (line) => {
   let message;
   try {
     message = JSON.parse(line);
@@ -111,6 +127,10 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
     return process.stderr.write(`unreadable line: ${error.message}\n`);
   }
   if (message.type === "heartbeat") return send({ type: "heartbeat_ack" });
+  if (message.type === "auth_failed") {
+    process.stderr.write(`registration refused: ${message.message}\n`);
+    process.exit(1);
+  }
   if (message.type === "backwards_response") return onBackwardsResponse(message);
   if (message.type === "invoke") invoke(message).catch((error) => process.stderr.write(`${error.stack}\n`));
 }).on("close", () => process.exit(0));

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import anyio
+
 from plugin_daemon.protocol.framing import OversizeLine
 from plugin_daemon.protocol.router import SessionRouter, Writer
 
@@ -90,6 +92,23 @@ class CodecLink:
             return
         for line in self.codec.decode(item):
             router.feed(line)
+
+
+async def send_heartbeats(codec: LineCodec, write: Writer, interval: float, alive: Callable[[], bool]) -> None:
+    """Probe a codec's plugin now (its first answer makes it ready), then every ``interval``
+    seconds while ``alive()``; a codec plugin answers heartbeats rather than sending them.
+    Returns when the codec has no heartbeat or the plugin cannot be written to."""
+    from plugin_daemon.runtime import PluginUnavailable
+
+    line = codec.heartbeat()
+    if line is None:
+        return
+    while alive():
+        try:
+            await write(line)
+        except PluginUnavailable:
+            return
+        await anyio.sleep(interval)
 
 
 def _register_builtin() -> None:
