@@ -91,6 +91,14 @@ class ControlPanel:
         if runtime is not None:
             await runtime.stop(identifier)
 
+    async def discard(self, identifier: str, runtime_type: str) -> None:
+        runtime = self.runtimes.get(runtime_type)
+        if runtime is not None:
+            try:
+                await runtime.discard(identifier)
+            except Exception:  # a folder left behind costs disk, never a call
+                log.exception("removing the folders of %s failed", identifier)
+
     async def aclose(self) -> None:
         for runtime in self.runtimes.values():
             try:

@@ -84,6 +84,16 @@ class Daemon:
         if identifier in await anyio.to_thread.run_sync(self.manager.installed_identifiers):
             return  # installed again meanwhile
         await self.control_panel.stop(identifier, runtime_type)
+        await self.discard_unused(identifier, runtime_type)
+
+    async def discard_unused(self, identifier: str, runtime_type: str) -> None:
+        """Remove the extracted folder and environment of ``identifier`` when no tenant has it
+        installed and no install of it is under way (after an uninstall, an upgrade, a failed install)."""
+        if self.installer.preparing(identifier):
+            return
+        if identifier in await anyio.to_thread.run_sync(self.manager.installed_identifiers):
+            return
+        await self.control_panel.discard(identifier, runtime_type)
 
     def _is_debugging(self, plugin_id: str) -> bool:
         """Whether a debugging connection serves ``plugin_id`` (its log is kept by the debug runtime)."""

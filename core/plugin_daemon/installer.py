@@ -51,6 +51,8 @@ class Installer:
         self._writing = threading.Lock()
         #: (tenant_id, plugin_id) -> id of the task installing it now (dispatch names it in its error)
         self.installing: dict[tuple[str, str], str] = {}
+        #: identifier -> installs of it under way (its folder must not be removed meanwhile)
+        self._preparing: dict[str, int] = {}
 
     @property
     def db(self):  # noqa: ANN201
@@ -159,6 +161,7 @@ class Installer:
             await self._set(task_id, index, status=RUNNING, message="installing")
             key = (tenant_id, parse_identifier(identifier).plugin_id)
             self.installing[key] = task_id
+            self._preparing[identifier] = self._preparing.get(identifier, 0) + 1
             started, outcome = time.monotonic(), "failed"
             try:
                 await self.install_one(task_id, index, tenant_id, identifier, source, meta)
@@ -173,6 +176,14 @@ class Installer:
             finally:
                 if self.installing.get(key) == task_id:
                     del self.installing[key]
+                self._preparing[identifier] -= 1
+                if not self._preparing[identifier]:
+                    del self._preparing[identifier]
+                if outcome == "failed":  # what it extracted and built is of no use now
+                    runtime_type = (
+                        str(meta.get("runtime_type") or "") or self.daemon.control_panel.default_runtime_type()
+                    )
+                    self.daemon.task_group.start_soon(self.daemon.discard_unused, identifier, runtime_type)
                 metrics.INSTALLATIONS.inc((key[1], outcome))  # Go's plugin_installations_total
                 metrics.INSTALLATION_DURATION.observe((key[1],), time.monotonic() - started)
 
@@ -202,6 +213,10 @@ class Installer:
         if retired is not None:  # an upgrade, and nobody uses the old version any more
             daemon.task_group.start_soon(daemon.retire, retired.identifier, retired.runtime_type)
         await anyio.to_thread.run_sync(lambda: self._update(task_id, index, status=SUCCESS, message="installed"))
+
+    def preparing(self, identifier: str) -> bool:
+        """Whether an install of ``identifier`` is under way."""
+        return identifier in self._preparing
 
     # --- reading and deleting -----------------------------------------------------------
     def get(self, tenant_id: str, task_id: str) -> dict[str, Any]:

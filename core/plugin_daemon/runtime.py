@@ -165,6 +165,12 @@ class Runtime(ABC):
         route shows them without a key). Empty when all is well."""
         return []
 
+    async def discard(self, identifier: str) -> None:  # noqa: B027 - optional hook
+        """Remove what this runtime keeps on disk for ``identifier`` (its extracted folder, its
+        environment): no tenant has it installed any more and it is stopped, or its install failed.
+        Called by the daemon; a launch of the same identifier meanwhile must still find a working
+        folder (rebuilt if need be). The default keeps nothing."""
+
     def leftovers(self, installed: set[str]) -> list[Path]:
         """Folders this runtime keeps on disk for plugins that no identifier of ``installed`` names
         (left by uninstalls and failed installs); ``plugin-daemon gc`` lists them, and removes them

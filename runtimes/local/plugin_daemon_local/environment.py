@@ -175,6 +175,19 @@ class EnvironmentBuilder:
                 await self._build(spec, layout, choice)
         return layout
 
+    async def discard(self, identifier: str, layout: PluginLayout) -> None:
+        """Remove the plugin's folder (package and environment), under the locks a build takes:
+        a launch of it meanwhile waits, then finds nothing and builds again."""
+        lock = self._locks.setdefault(identifier, anyio.Lock())
+        async with lock, _file_lock(layout.lock_file, self.settings.PYTHON_ENV_INIT_HARD_TIMEOUT):
+            if not layout.workdir.exists():
+                return
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(layout.workdir, ignore_errors=True))
+            if layout.workdir.exists():
+                logger.warning("could not remove all of %s", layout.workdir)
+            else:
+                logger.info("removed %s (%s is neither installed nor being installed)", layout.workdir, identifier)
+
     async def _prepare_without_venv(self, spec: PluginSpec, layout: PluginLayout, progress: Progress) -> PluginLayout:
         """A plugin that brings its own program (``meta.runner.protocol``, any language): its
         folder is extracted, and no Python environment is built (nothing is installed for it)."""

@@ -195,6 +195,17 @@ class LocalRuntime(Runtime):
             **{sup.spec.plugin_id: sup.state.value for sup in self._supervisors.values()},
         }
 
+    async def discard(self, identifier: str) -> None:
+        supervisor = self._supervisors.get(identifier)
+        if supervisor is not None and supervisor.state is not InstanceState.FAILED:
+            return  # launched (again): its folder is in use; a failed one has no process left
+        self._idle_stopped.pop(identifier, None)
+        try:
+            layout = PluginLayout.for_identifier(self.settings.working_path, identifier)
+        except EnvironmentBuildError:
+            return
+        await self.builder.discard(identifier, layout)
+
     def leftovers(self, installed: set[str]) -> list[Path]:
         working_path = self.settings.working_path
         kept = set()

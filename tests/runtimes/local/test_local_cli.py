@@ -86,9 +86,36 @@ def test_install_list_status_invoke_tasks_uninstall(server: DaemonServer, tmp_pa
     assert logs.exit_code == 0, logs.output
     assert all(isinstance(json.loads(line), dict) for line in logs.stdout.splitlines())
 
+    workdir = working_folder(server, listing[0]["plugin_unique_identifier"])
+    assert (workdir / ".venv").is_dir()
     gone = run(server, "uninstall", "tester/echo_tool")
     assert gone.exit_code == 0 and "uninstalled tester/echo_tool" in gone.stdout
     assert json.loads(run(server, "list", "--json").stdout) == []
+    # its extracted folder and environment are removed once it is stopped
+    wait_for(lambda: not workdir.exists(), 60, "the uninstalled plugin's folder to be removed")
+
+
+def working_folder(server: DaemonServer, identifier: str) -> Path:
+    name_version, _, checksum = identifier.partition("/")[2].partition("@")
+    author = identifier.partition("/")[0]
+    return server.settings.working_path / author / f"{name_version.replace(':', '-')}@{checksum}"
+
+
+def test_a_failed_install_leaves_no_folder_behind(
+    server: DaemonServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="plugin_daemon_local.environment")
+    package = tmp_path / "broken_start.difypkg"
+    package.write_bytes(build_package(PLUGINS / "broken_start"))
+    result = run(server, "install", str(package), "--runtime", "local", "--json", "--timeout", INSTALL_DEADLINE)
+    assert result.exit_code == 1 and "install failed" in result.output
+    task = json.loads(result.stdout)
+    assert task["status"] == "failed"
+    workdir = working_folder(server, task["plugins"][0]["plugin_unique_identifier"])
+    wait_for(lambda: not workdir.exists(), 60, "the failed install's folder to be removed")
+    # it was there (extracted, its environment built) and was removed, not merely never made
+    assert any(record.getMessage().startswith(f"removed {workdir} ") for record in caplog.records)
+    assert "broken" not in run(server, "list", "--json").stdout
 
 
 def test_invoke_llm_prints_the_answer_as_it_streams(server: DaemonServer, tmp_path: Path) -> None:
