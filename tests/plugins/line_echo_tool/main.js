@@ -112,6 +112,23 @@ async function invoke(message) {
     case "crash":
       send({ type: "stream_start", session_id, request_id });
       return output.write(JSON.stringify({ type: "stream_chunk", session_id, data: { content: "dying" } }) + "\n", () => process.exit(3));
+    case "llm": {
+      // A call into Dify's inner API: the LLM answers in chunks, each streamed as a text message.
+      const request = {
+        provider: String(p.provider ?? ""), model: String(p.model ?? ""), model_type: "llm", mode: "chat",
+        completion_params: {}, prompt_messages: [{ role: "user", content: String(p.query ?? "") }],
+        tools: [], stop: [], stream: true,
+      };
+      try {
+        for (const answer of await backwards(session_id, "llm", request)) {
+          const content = answer && answer.delta && answer.delta.message && answer.delta.message.content;
+          if (typeof content === "string" && content) chunk({ type: "text", content });
+        }
+      } catch (error) {
+        return fail("InvokeError", error.message);
+      }
+      return send({ type: "stream_end", session_id, data: {} });
+    }
     case "huge":
       return reply({ status: "success", data: { type: "text", content: "x".repeat(Number(p.size || 0)) } });
     default:

@@ -137,7 +137,7 @@ def test_registered_as_a_debugging_plugin_and_kept_alive_by_heartbeats(
     runtime = server.daemon.control_panel.runtimes["remote"]
     [connection] = [c for conns in runtime._by_plugin.values() for c in conns]
     beats = connection.heartbeats
-    # the silence limit is 5 s; the daemon asks every 1 s and each heartbeat_ack counts
+    # the daemon asks every 1 s (PLUGIN_LINE_HEARTBEAT_INTERVAL) and each heartbeat_ack counts
     wait_for(lambda: connection.heartbeats >= beats + 3, 8, "three more heartbeat_acks")
     assert connection.alive
 

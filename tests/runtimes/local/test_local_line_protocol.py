@@ -91,3 +91,13 @@ def test_bash_plugin_echoes_and_its_error_name_is_mapped(server: DaemonServer) -
     )
     error = plugin_error(sse(refused)[-1])
     assert (error["error_type"], error["message"]) == ("CredentialsValidateFailedError", "invalid api_key")
+
+
+def test_llm_call_into_dify_goes_through_the_same_invoker(server: DaemonServer, inner_api: DifyInnerAPI) -> None:
+    inner_api.reset()
+    target = Target(server.client, TENANT)
+    items = items_of(call_tool(target, "llm", {"provider": "openai", "model": "gpt", "query": "hi"}))
+    assert "".join(item["message"]["text"] for item in items) == inner_api.expected_llm_text()
+    sent = inner_api.calls("invoke/llm")[-1].json
+    assert sent["tenant_id"] == TENANT and sent["user_id"] == "user-1"
+    assert sent["prompt_messages"] == [{"role": "user", "content": "hi"}]
