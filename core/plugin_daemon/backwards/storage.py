@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Insert, select, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -102,9 +101,15 @@ class PluginStorage:
         values = {"tenant_id": tenant_id, "plugin_id": plugin_id, "writes": 0}
         dialect = self.db.dialect
         if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
             return postgresql.insert(StorageLockRow).values(values).on_conflict_do_nothing()
         if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             return mysql.insert(StorageLockRow).values(values).prefix_with("IGNORE")
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(StorageLockRow).values(values).on_conflict_do_nothing()
 
     def _lock(self, session: Session, tenant_id: str, plugin_id: str) -> None:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import CHAR, DateTime, String, Text
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -59,6 +58,8 @@ class GoUUID(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
             return postgresql.UUID(as_uuid=False)
         if dialect.name in _MYSQL:
             return CHAR(36)
@@ -82,7 +83,7 @@ class GoJSON(TypeDecorator[Any]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return mysql.LONGTEXT() if dialect.name in _MYSQL else Text()
+        return _long_text(dialect)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
@@ -103,7 +104,11 @@ class GoDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return mysql.DATETIME(fsp=3) if dialect.name in _MYSQL else DateTime(timezone=True)
+        if dialect.name in _MYSQL:
+            from sqlalchemy.dialects import mysql
+
+            return mysql.DATETIME(fsp=3)
+        return DateTime(timezone=True)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if isinstance(value, datetime) and value.tzinfo is not None and dialect.name != "postgresql":
@@ -116,5 +121,25 @@ class GoDateTime(TypeDecorator[datetime]):
         return value
 
 
+class GoText(TypeDecorator[str]):
+    """Text of any length: ``longtext`` on MySQL, as GORM makes a Go string without a size."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return _long_text(dialect)
+
+
+def _long_text(dialect: Dialect) -> TypeEngine[Any]:
+    # the MySQL and PostgreSQL dialects are imported only where they are used: on the embedded
+    # SQLite default they would cost the daemon's idle memory for nothing
+    if dialect.name in _MYSQL:
+        from sqlalchemy.dialects import mysql
+
+        return mysql.LONGTEXT()
+    return Text()
+
+
 def go_text() -> TypeEngine[Any]:
-    return Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+    return GoText()
