@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     # --- debugging plugins (#17): paused at a breakpoint, reloading ----------------------
     #: seconds a silent debugging connection (no heartbeat, TCP alive: a paused plugin) is kept
     PLUGIN_REMOTE_INSTALLING_SILENT_DROP_TIMEOUT: float = 3600.0
+    #: seconds calls wait for a debugging plugin that closed its connection itself to register again
+    PLUGIN_REMOTE_INSTALLING_RELOAD_GRACE: float = 5.0
 
     # --- input bounds: what one upload or one debugging connection may cost ---------------
     #: dependencies one bundle may list (each carried package is decoded once however often listed)

@@ -34,15 +34,20 @@ class LogEntry:
     level: str
     message: str
     source: str  # "plugin" or "daemon"
+    #: fields of a typed event (``{"type": "reload", "status": ...}``) shown with the entry
+    event: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        entry: dict[str, object] = {
             "time": round(self.time, 6),
             "plugin_id": self.plugin_id,
             "level": self.level,
             "message": self.message,
             "source": self.source,
         }
+        if self.event:
+            entry.update(self.event)
+        return entry
 
 
 @dataclass(eq=False)
@@ -68,8 +73,16 @@ class LogBook:
         #: called with True when the first watcher comes, with False when the last one goes
         self.on_watched: Callable[[bool], None] | None = None
 
-    def add(self, tenant_id: str, plugin_id: str, level: int, message: str, source: str) -> LogEntry:
-        entry = LogEntry(time.time(), tenant_id, plugin_id, logging.getLevelName(level), message, source)
+    def add(
+        self,
+        tenant_id: str,
+        plugin_id: str,
+        level: int,
+        message: str,
+        source: str,
+        event: dict[str, object] | None = None,
+    ) -> LogEntry:
+        entry = LogEntry(time.time(), tenant_id, plugin_id, logging.getLevelName(level), message, source, event)
         key = (tenant_id, plugin_id)
         entries = self._entries.get(key)
         if entries is None:

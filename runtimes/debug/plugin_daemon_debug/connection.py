@@ -122,6 +122,11 @@ class DebugConnection:
         return self.ended is None and self._close_reason is None
 
     @property
+    def closed_by_plugin(self) -> bool:
+        """The plugin ended the connection itself (the daemon did not close it)."""
+        return self.ended is not None and self._close_reason is None
+
+    @property
     def silent_for(self) -> float | None:
         """Seconds the plugin has sent nothing, once that passed the heartbeat timeout (else None)."""
         if self.silent_since is None:

@@ -28,6 +28,7 @@ from .handshake import Refused
 from .keys import DebuggingKeys
 from .limits import FailedAuthLimiter
 from .listener import DebugListener
+from .reloads import ReloadGrace, Returning
 from .tracing import SessionTrace, TracedChannel, Tracer
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class DebugRuntime(Runtime):
         self._routes: dict[str, DebugConnection] = {}  # identifier → newest live connection
         self._registering: dict[str, int] = {}  # tenant → registrations being read (key accepted)
         self._lock = anyio.Lock()
+        self.reloads = ReloadGrace(self.settings.PLUGIN_REMOTE_INSTALLING_RELOAD_GRACE)
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class DebugRuntime(Runtime):
                     f"register failed, plugin {plugin.plugin_id} is already installed in this workspace "
                     f"(runtime {existing.runtime_type}); uninstall it there before debugging it"
                 )
+            replaced = [other for other in self._by_plugin.get(key, []) if other.alive]
             self._by_plugin.setdefault(key, []).append(connection)
             self._routes[plugin.identifier] = connection
             connection.on_closed(self._unroute)
@@ -167,6 +170,19 @@ class DebugRuntime(Runtime):
                 self._forget(connection)
                 log.exception("installing debugging plugin %s failed", plugin.identifier)
                 raise Refused(f"register failed, the daemon could not install the plugin: {exc}") from exc
+            returning = self.reloads.arrived(connection)
+            if returning is not None:
+                took = time.monotonic() - returning.left_at
+                changed = "" if returning.identifier == plugin.identifier else ", its declarations changed"
+                self._reloaded(connection, f"{plugin.plugin_id} reloaded in {took:.1f} s{changed}")
+            elif replaced:
+                self._reloaded(connection, f"{plugin.plugin_id} reloaded: a new copy took over from the running one")
+
+    def _reloaded(self, connection: DebugConnection, message: str) -> None:
+        plugin = connection.plugin
+        log.info("debugging plugin %s (tenant %s): %s", plugin.plugin_id, plugin.tenant_id, message)
+        event: dict[str, object] = {"type": "reload", "status": "success"}
+        self.logs.add(plugin.tenant_id, plugin.plugin_id, logging.INFO, message, "daemon", event)
 
     def _install(self, plugin: DebugPlugin) -> None:
         for media_id, content in plugin.media.items():
@@ -229,9 +245,42 @@ class DebugRuntime(Runtime):
                     self._routes[newest.identifier] = newest
                     await anyio.to_thread.run_sync(self._install, newest.plugin)
                 return
-            await anyio.to_thread.run_sync(self.manager.uninstall, plugin.tenant_id, installation.id)
-            # no stale spec or declaration of a gone identity (each change of a manifest is a new one)
-            await anyio.to_thread.run_sync(self.manager.drop_unused_declaration, installation.identifier)
+            grace = self.reloads.grace
+            if grace > 0 and connection.closed_by_plugin and not self.daemon.shutdown.draining:
+                record = self.reloads.leaving(plugin.tenant_id, plugin.plugin_id, installation.identifier)
+                self.note(
+                    plugin.tenant_id,
+                    plugin.plugin_id,
+                    logging.INFO,
+                    f"left; kept installed and calls wait up to {grace:g} s for it to come back "
+                    "(PLUGIN_REMOTE_INSTALLING_RELOAD_GRACE)",
+                )
+                self.daemon.task_group.start_soon(self._end_grace, record)
+                return
+            await self._uninstall(plugin.tenant_id, installation.id, installation.identifier)
+
+    async def _uninstall(self, tenant_id: str, installation_id: str, identifier: str) -> None:
+        await anyio.to_thread.run_sync(self.manager.uninstall, tenant_id, installation_id)
+        # no stale spec or declaration of a gone identity (each change of a manifest is a new one)
+        await anyio.to_thread.run_sync(self.manager.drop_unused_declaration, identifier)
+
+    async def _end_grace(self, record: Returning) -> None:
+        """After the grace: uninstall a plugin that did not come back (or drop its old identity)."""
+        await anyio.sleep(max(0.0, record.deadline - time.monotonic()))
+        async with self._lock:
+            if not self.reloads.forget(record):
+                if record.successor is not None and record.successor.identifier != record.identifier:
+                    await anyio.to_thread.run_sync(self.manager.drop_unused_declaration, record.identifier)
+                return
+            if self._by_plugin.get((record.tenant_id, record.plugin_id)):
+                return  # connected again meanwhile (and installed by attach)
+            installation = await anyio.to_thread.run_sync(self.manager.installation, record.tenant_id, record.plugin_id)
+            if installation is None or installation.runtime_type != self.name:
+                return
+            message = f"{record.plugin_id} did not come back within {self.reloads.grace:g} s: uninstalled"
+            failed: dict[str, object] = {"type": "reload", "status": "failed"}
+            self.logs.add(record.tenant_id, record.plugin_id, logging.WARNING, message, "daemon", failed)
+            await self._uninstall(record.tenant_id, installation.id, installation.identifier)
 
     # --- logs and traces --------------------------------------------------------------------
 
@@ -269,13 +318,15 @@ class DebugRuntime(Runtime):
     ) -> None:
         if spec.identifier in self._routes:
             return
+        if await self.reloads.wait(spec.identifier, timeout) is not None:
+            return
         raise PluginUnavailable(
             "not_connected",
             f"debugging plugin {spec.plugin_id} is not connected; start it again with INSTALL_METHOD=remote",
         )
 
     async def open_session(self, identifier: str, session_id: str, request_line: bytes) -> SessionChannel:
-        connection = self._routes.get(identifier)
+        connection = self._routes.get(identifier) or self.reloads.successor(identifier)
         if connection is None or not connection.alive:
             raise PluginUnavailable("not_connected", f"debugging plugin {identifier} is not connected")
         plugin = connection.plugin

@@ -59,6 +59,7 @@ def server(home: Path, inner_api: DifyInnerAPI) -> Iterator[DaemonServer]:
         home,
         DIFY_INNER_API_URL=inner_api.url,
         DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT=5000,
+        PLUGIN_REMOTE_INSTALLING_RELOAD_GRACE=1,  # a killed plugin is uninstalled soon (test_debug_pauses: the grace)
     )
     with running_daemon(settings) as running:
         yield running

@@ -1,15 +1,19 @@
-"""A debugging plugin that pauses (a breakpoint, SIGSTOP) is shown silent, not dropped.
+"""A debugging plugin that pauses or restarts, as a developer's does, loses no call.
 
 A real SDK plugin in remote mode is stopped with SIGSTOP for longer than the heartbeat timeout
 (set short): it stays installed and is listed silent while its TCP connection lives; after SIGCONT
-it answers the call made meanwhile, and new ones.
+it answers the call made meanwhile, and new ones. Restarted (SIGINT, as watchfiles does, then
+started again), the calls made in the gap wait for it (the reload grace) and a ``reload`` event goes
+on its log stream; one that does not come back is uninstalled when the grace is over.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from tests.runtimes.debug.debug_support import (
     debugging_key,
     installations,
     wait_installed,
+    wait_uninstalled,
 )
 from tests.support.daemon_server import DaemonServer, running_daemon
 from tests.support.waiting import wait_for
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 ECHO = "tester/echo_tool"
 HEARTBEAT_TIMEOUT = 1.5
+RELOAD_GRACE = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,11 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(home: Path) -> Iterator[DaemonServer]:
-    settings = debug_settings(home, PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT)
+    settings = debug_settings(
+        home,
+        PLUGIN_REMOTE_INSTALLING_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT,
+        PLUGIN_REMOTE_INSTALLING_RELOAD_GRACE=RELOAD_GRACE,
+    )
     with running_daemon(settings) as running:
         yield running
 
@@ -101,3 +111,73 @@ def test_a_stopped_plugin_is_shown_silent_kept_and_answers_after_sigcont(server:
     assert items_of(call_tool(target, "echo", {"text": "after"}))[0]["message"] == {"text": "after"}
     logs = server.client.get(f"/plugin/{TENANT}/debugging/logs", params={"plugin_id": ECHO, "follow": "false"})
     assert "silent: no heartbeat for" in logs.text and "answering again after" in logs.text
+
+
+def log_events(server: DaemonServer, since: float) -> list[dict[str, Any]]:
+    """The plugin's log entries since ``since`` (unix time): the module's daemon keeps earlier ones."""
+    logs = server.client.get(f"/plugin/{TENANT}/debugging/logs", params={"plugin_id": ECHO, "follow": "false"})
+    entries = [json.loads(line[len("data: ") :]) for line in logs.text.splitlines() if line.startswith("data: ")]
+    return [entry for entry in entries if entry["time"] >= since]
+
+
+def interrupt(plugin: SdkPlugin) -> None:
+    """Stop the plugin as watchfiles does (SIGINT: the SDK exits at once)."""
+    assert plugin.proc is not None
+    os.killpg(plugin.proc.pid, signal.SIGINT)
+    plugin.proc.wait(timeout=10)
+
+
+def test_calls_made_while_a_plugin_restarts_wait_for_it(server: DaemonServer, echo: SdkPlugin) -> None:
+    target = Target(server.client, TENANT)
+    answers: list[Any] = []
+    failures: list[Any] = []
+    stop = threading.Event()
+    between_calls = threading.Lock()  # held by each call: a call in flight when its process exits fails
+
+    def loop() -> None:
+        while not stop.is_set():
+            with between_calls:
+                try:
+                    items = items_of(call_tool(target, "echo", {"text": "loop"}))
+                    answers.append(items[0]["message"])
+                except Exception as exc:  # noqa: BLE001 - any failure is what the test counts
+                    failures.append(repr(exc))
+            time.sleep(0.05)
+
+    caller = threading.Thread(target=loop, daemon=True)
+    caller.start()
+    try:
+        wait_for(lambda: len(answers) >= 3, 20, "the loop to get answers")
+        since = time.time()
+        with between_calls:
+            interrupt(echo)
+        gone_at = len(answers)
+        echo.start()
+        wait_for(lambda: len(answers) >= gone_at + 5, RELOAD_GRACE + 20, "answers from the restarted plugin")
+    finally:
+        stop.set()
+        caller.join(timeout=30)
+    assert failures == []
+    assert all(answer == {"text": "loop"} for answer in answers)
+    reloads = [event for event in log_events(server, since) if event.get("type") == "reload"]
+    assert len(reloads) == 1 and reloads[0]["status"] == "success"
+    assert reloads[0]["message"].startswith(f"{ECHO} reloaded in ")
+
+
+def test_a_plugin_that_does_not_come_back_is_uninstalled_after_the_grace(server: DaemonServer, echo: SdkPlugin) -> None:
+    since = time.time()
+    interrupt(echo)
+    left = time.monotonic()
+    assert ECHO in installations(server.client)  # kept for the grace
+    wait_uninstalled(server.client, ECHO, timeout=RELOAD_GRACE + 10)
+    assert time.monotonic() - left >= RELOAD_GRACE - 1
+    failed = [
+        event for event in log_events(server, since) if event.get("type") == "reload" and event["status"] == "failed"
+    ]
+    assert failed and "did not come back within" in failed[-1]["message"]
+    gone = server.client.post(
+        f"/plugin/{TENANT}/dispatch/tool/invoke",
+        headers={"X-Plugin-ID": ECHO},
+        json={"user_id": "u", "data": {"provider": "echo_tool", "tool": "echo", "tool_parameters": {}}},
+    )
+    assert gone.status_code == 404
