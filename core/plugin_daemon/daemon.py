@@ -53,6 +53,7 @@ class Daemon:
         self.settings = settings
         settings.ensure_directories()
         self.extensions = extensions or load_extensions(settings.disabled_extensions)
+        self.extensions.register_codecs()
         self.database = open_database(settings)
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)

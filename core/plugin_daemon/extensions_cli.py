@@ -28,7 +28,7 @@ def state_of(extension: dict[str, object]) -> str:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def extensions(as_json: bool) -> None:
-    """List the extensions this daemon loads and what each registers (runtimes, routes, services, commands)."""
+    """List the extensions this daemon loads and what each registers (runtimes, codecs, routes, services, commands)."""
     described = describe_extensions()
     if as_json:
         click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import click
     from starlette.routing import BaseRoute
 
+    from plugin_daemon.protocol.codecs import CodecFactory
     from plugin_daemon.runtime import RuntimeFactory
     from plugin_daemon.services import ServiceFactory
 
@@ -33,6 +34,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: ``register(name, factory)``: adds a runtime; ``factory(daemon)`` builds it once per daemon.
 RegisterRuntime = Callable[[str, "RuntimeFactory"], None]
+#: ``register(protocol, factory)``: adds a wire codec; ``factory()`` builds one per plugin connection.
+RegisterCodec = Callable[[str, "CodecFactory"], None]
 #: ``register(route)``: adds a Starlette route (or Mount) to the daemon's HTTP app.
 RegisterRoute = Callable[["BaseRoute"], None]
 #: ``register(name, factory)``: adds a background service started by the app's lifespan.
@@ -46,6 +49,19 @@ def plugin_daemon_register_runtimes(register: RegisterRuntime) -> None:
     :param register: call ``register(name, factory)`` once per runtime. ``name`` is the
         installation's ``runtime_type`` (``local``, ``remote``, ``serverless``, or your own);
         ``factory(daemon)`` returns a :class:`plugin_daemon.runtime.Runtime`.
+    :return: nothing; the return value is ignored.
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def plugin_daemon_register_codecs(register: RegisterCodec) -> None:
+    """Register wire codecs: protocols a plugin process may speak instead of the SDK's.
+
+    :param register: call ``register(protocol, factory)`` once per codec. ``protocol`` is the
+        value plugins name in ``meta.runner.protocol`` (``line/1`` is built in); ``factory()``
+        returns a :class:`plugin_daemon.protocol.codecs.LineCodec` for one connection.
     :return: nothing; the return value is ignored.
 
     Since 0.1.0.

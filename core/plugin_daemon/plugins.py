@@ -104,6 +104,12 @@ class ExtensionManager:
         self.pm.hook.plugin_daemon_register_runtimes(register=register)
         return factories
 
+    def register_codecs(self) -> None:
+        """Add the codecs extensions register to the protocol layer's table."""
+        from plugin_daemon.protocol.codecs import register_codec
+
+        self.pm.hook.plugin_daemon_register_codecs(register=register_codec)
+
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = []
         self.pm.hook.plugin_daemon_register_routes(register=routes.append)
@@ -122,13 +128,14 @@ class ExtensionManager:
         self.pm.hook.plugin_daemon_register_commands(cli=cli)
 
     def registrations(self, name: str) -> dict[str, list[str]]:
-        """What the extension ``name`` registers: runtimes, routes, services and commands, by name."""
+        """What the extension ``name`` registers: runtimes, codecs, routes, services and commands, by name."""
         import click
 
-        found: dict[str, list[str]] = {"runtimes": [], "routes": [], "services": [], "commands": []}
+        found: dict[str, list[str]] = {"runtimes": [], "codecs": [], "routes": [], "services": [], "commands": []}
         group = click.Group()
         calls: dict[str, dict[str, object]] = {
             "plugin_daemon_register_runtimes": {"register": lambda key, _factory: found["runtimes"].append(key)},
+            "plugin_daemon_register_codecs": {"register": lambda key, _factory: found["codecs"].append(key)},
             "plugin_daemon_register_routes": {
                 "register": lambda route: found["routes"].append(str(getattr(route, "path", route)))
             },

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from plugin_daemon.protocol.codecs import CODECS, CodecLink, codec_for, runner_protocol
+from plugin_daemon.protocol.codecs import CODECS, CodecLink, codec_for, register_codec, runner_protocol
 from plugin_daemon.protocol.codecs.line1 import BLOB_CHUNK, NOT_SUPPORTED, PROTOCOL, Line1Codec
 from plugin_daemon.protocol.messages import encode_backwards_response, encode_request
 from plugin_daemon.protocol.router import SessionRouter
@@ -267,3 +267,28 @@ def test_codecs_are_found_by_the_manifests_protocol() -> None:
         codec_for("line/9")
     assert runner_protocol({"meta": {"runner": {"protocol": "line/1"}}}) == "line/1"
     assert runner_protocol({"meta": {"runner": {"language": "python"}}}) is None
+
+
+def test_an_extension_registers_a_codec_through_the_hook() -> None:
+    import types
+
+    from plugin_daemon.hookspecs import hookimpl
+    from plugin_daemon.plugins import ExtensionManager
+
+    module = types.ModuleType("shout_codec")
+
+    @hookimpl
+    def plugin_daemon_register_codecs(register):  # type: ignore[no-untyped-def]
+        register("shout/1", Line1Codec)
+
+    module.plugin_daemon_register_codecs = plugin_daemon_register_codecs  # type: ignore[attr-defined]
+    manager = ExtensionManager()
+    manager.register(module, "shout_codec")
+    try:
+        manager.register_codecs()
+        assert codec_for("shout/1") is Line1Codec
+        assert manager.registrations("shout_codec")["codecs"] == ["shout/1"]
+        with pytest.raises(ValueError, match="two codecs"):
+            register_codec("shout/1", lambda: Line1Codec())
+    finally:
+        CODECS.pop("shout/1", None)

@@ -40,10 +40,22 @@ class LineCodec(Protocol):
         """The line the daemon sends to probe liveness, or None when the plugin beats by itself."""
 
 
-CODECS: dict[str, Callable[[], LineCodec]] = {}
+#: Builds the codec of one plugin connection.
+CodecFactory = Callable[[], LineCodec]
+
+#: protocol name → codec factory: the built-in ones, and those extensions register through the
+#: ``plugin_daemon_register_codecs`` hook (added when the daemon loads its extensions).
+CODECS: dict[str, CodecFactory] = {}
 
 
-def codec_for(protocol: str) -> Callable[[], LineCodec]:
+def register_codec(protocol: str, factory: CodecFactory) -> None:
+    """Add a codec; a name already taken by another codec is refused."""
+    if protocol == SDK_PROTOCOL or CODECS.get(protocol, factory) is not factory:
+        raise ValueError(f"two codecs for the plugin protocol {protocol!r}")
+    CODECS[protocol] = factory
+
+
+def codec_for(protocol: str) -> CodecFactory:
     """The codec factory of ``protocol`` (``line/1``...); KeyError names the known ones."""
     try:
         return CODECS[protocol]
@@ -114,7 +126,7 @@ async def send_heartbeats(codec: LineCodec, write: Writer, interval: float, aliv
 def _register_builtin() -> None:
     from plugin_daemon.protocol.codecs.line1 import PROTOCOL, Line1Codec
 
-    CODECS[PROTOCOL] = Line1Codec
+    register_codec(PROTOCOL, Line1Codec)
 
 
 _register_builtin()
