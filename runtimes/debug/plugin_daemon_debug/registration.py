@@ -6,6 +6,7 @@ debugging plugins; its routes are the debugging key, logs and traces under the t
 
 from __future__ import annotations
 
+import click
 from plugin_daemon.hookspecs import RegisterRoute, RegisterRuntime, hookimpl
 
 
@@ -22,3 +23,10 @@ def plugin_daemon_register_routes(register: RegisterRoute) -> None:
 
     for route in routes():
         register(route)
+
+
+@hookimpl
+def plugin_daemon_register_commands(cli: click.Group) -> None:
+    from .dev_cli import dev
+
+    cli.add_command(dev)
