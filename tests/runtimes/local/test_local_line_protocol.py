@@ -8,6 +8,7 @@ session events.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,20 @@ def test_no_python_environment_is_built(server: DaemonServer) -> None:
     folder = Path(server.settings.working_path) / identifier.replace(":", "-")
     assert (folder / "main.js").is_file()
     assert not (folder / ".venv").exists()
+
+
+def test_runs_under_the_same_isolation_as_python_plugins(server: DaemonServer) -> None:
+    assert items_of(call_tool(Target(server.client, TENANT), "echo", {"text": "x"}))
+    sandbox = server.daemon.control_panel.runtimes["local"].sandbox
+    plugins = server.client.get("/health/check").json()["runtimes"]["local"]["plugins"]
+    [pid] = [state["pid"] for identifier, state in plugins.items() if identifier.startswith("tester/echo_tool")]
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    if sandbox.uids:  # a daemon run as root: each plugin under a uid of its own
+        assert uid in sandbox.uids
+    else:
+        assert uid == os.geteuid()
+    assert Path(f"/proc/{pid}/cwd").resolve().name.startswith("echo_tool-0.0.1@")
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
