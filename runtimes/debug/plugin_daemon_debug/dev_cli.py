@@ -14,6 +14,7 @@ is fixed, so there the old copy stops first and the daemon's reload grace holds 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -172,6 +173,9 @@ def dev(
             if debug_port is not None:
                 inject = Path(tempfile.mkdtemp(prefix="plugin-daemon-dev-"))
                 (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+                ours = importlib.util.find_spec("debugpy")
+                if ours is not None and ours.origin:  # injected on the path, not installed into the plugin's venv
+                    (inject / "debugpy").symlink_to(Path(ours.origin).parent, target_is_directory=True)
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(inject), env.get("PYTHONPATH")]))
                 env["PLUGIN_DAEMON_DEV_DEBUG_PORT"] = str(debug_port)
                 env["GEVENT_SUPPORT"] = "True"

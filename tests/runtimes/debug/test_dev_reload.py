@@ -8,10 +8,12 @@ the plugin's live log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from tests.conformance.suite import Target, call_tool, items_of
 from tests.conftest import TEST_KEY
 from tests.runtimes.debug.debug_support import TENANT, debug_settings, wait_installed
 from tests.support.daemon_server import DaemonServer, running_daemon
+from tests.support.dap_client import DapClient
 from tests.support.plugin_driver import PLUGINS_DIR, ensure_venv
 from tests.support.waiting import wait_for
 
@@ -52,13 +55,13 @@ def server(tmp_path: Path) -> Iterator[DaemonServer]:
         yield running
 
 
-@pytest.fixture
-def dev(server: DaemonServer, tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def running_dev(server: DaemonServer, tmp_path: Path, *options: str) -> Iterator[Path]:
     """``plugin-daemon dev`` on a copy of echo_tool; yields the copy."""
     venv = ensure_venv(PLUGINS_DIR / "echo_tool").parent.parent
     folder = tmp_path / "echo_tool"
     shutil.copytree(PLUGINS_DIR / "echo_tool", folder, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
-    command = [str(Path(sys.executable).parent / "plugin-daemon"), "dev", str(folder), "--venv", str(venv)]
+    command = [str(Path(sys.executable).parent / "plugin-daemon"), "dev", str(folder), "--venv", str(venv), *options]
     command += ["--url", server.url, "--key", TEST_KEY, "--tenant", TENANT]
     with open(tmp_path / "dev.log", "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,6 +75,12 @@ def dev(server: DaemonServer, tmp_path: Path) -> Iterator[Path]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         print((tmp_path / "dev.log").read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def dev(server: DaemonServer, tmp_path: Path) -> Iterator[Path]:
+    with running_dev(server, tmp_path) as folder:
+        yield folder
 
 
 def reload_events(server: DaemonServer, since: float) -> list[dict[str, Any]]:
@@ -114,3 +123,43 @@ def test_three_edits_answer_with_new_code_and_lose_no_call(server: DaemonServer,
     wait_for(lambda: len(reload_events(server, since)) >= 3, 5, "three reload events")
     events = reload_events(server, since)
     assert len(events) == 3 and all(event["status"] == "success" for event in events)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_debug_stops_at_a_breakpoint_under_gevent(server: DaemonServer, tmp_path: Path) -> None:
+    """--debug: an IDE (here a small DAP client) attaches, a breakpoint in the tool stops the call."""
+    port = free_port()
+    with running_dev(server, tmp_path, "--debug", str(port)) as folder:
+        wait_installed(server.client, ECHO)
+        target = Target(server.client, TENANT)
+        dap = DapClient("127.0.0.1", port)
+        try:
+            dap.request("initialize", adapterID="test", pathFormat="path", linesStartAt1=True, columnsStartAt1=True)
+            attach = dap.send("attach", justMyCode=True, redirectOutput=False)
+            dap.event("initialized")
+            source = str(folder / "tools" / "echo.py")
+            answer = dap.request("setBreakpoints", source={"path": source}, breakpoints=[{"line": 10}])
+            assert answer["breakpoints"][0]["verified"]
+            dap.request("configurationDone")
+            dap.response(attach)
+            result: list[Any] = []
+            caller = threading.Thread(target=lambda: result.append(call_tool(target, "echo", {"text": "stop"})))
+            caller.start()
+            stopped = dap.event("stopped")  # without GEVENT_SUPPORT=True it never comes
+            assert stopped["reason"] == "breakpoint"
+            (frame, *_) = dap.request("stackTrace", threadId=stopped["threadId"])["stackFrames"]
+            assert frame["name"] == "_invoke" and frame["line"] == 10
+            (scope, *_) = dap.request("scopes", frameId=frame["id"])["scopes"]
+            variables = dap.request("variables", variablesReference=scope["variablesReference"])["variables"]
+            assert {v["name"]: v["value"] for v in variables}["tool_parameters"] == "{'text': 'stop'}"
+            assert caller.is_alive() and not result
+            dap.request("continue", threadId=stopped["threadId"])
+            caller.join(timeout=20)
+            assert items_of(result[0])[0]["message"] == {"text": "stop"}
+        finally:
+            dap.close()
