@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,11 +48,18 @@ if _port:
 """
 
 
-def watched(change: object, path: str) -> bool:
-    parts = Path(path).parts
-    if any(part in IGNORED_PARTS or part.startswith(".") and part != ".env" for part in parts[-4:]):
-        return False
-    return Path(path).suffix in WATCHED_SUFFIXES or "_assets" in parts
+def watched_in(folder: Path) -> Callable[[object, str], bool]:
+    """The watch filter: the plugin's code, declarations, assets and requirements, judged by the path
+    inside ``folder`` (the folder itself may sit anywhere, under a dot-folder too)."""
+
+    def watched(change: object, path: str) -> bool:
+        relative = Path(os.path.relpath(path, folder))
+        parts = relative.parts
+        if any(part in IGNORED_PARTS or (part.startswith(".") and part != ".env") for part in parts):
+            return False
+        return relative.suffix in WATCHED_SUFFIXES or relative.name == ".env" or "_assets" in parts
+
+    return watched
 
 
 def build_environment(folder: Path) -> Path:
@@ -194,7 +202,9 @@ def run(runner: DevRunner, folder: Path, *, overlap: bool) -> None:
     runner.restart(overlap=overlap)
     click.echo(f"running {runner.plugin_id} from {folder}; watching for changes", err=True)
     try:
-        for changes in watchfiles.watch(folder, watch_filter=watched, debounce=400, step=50, stop_event=stop):
+        for changes in watchfiles.watch(
+            folder, watch_filter=watched_in(folder), debounce=400, step=50, stop_event=stop
+        ):
             names = sorted({os.path.relpath(path, folder) for _, path in changes})
             click.echo(f"changed: {', '.join(names)}; restarting", err=True)
             runner.restart(overlap=overlap)

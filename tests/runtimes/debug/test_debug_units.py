@@ -19,6 +19,7 @@ from plugin_daemon.runtime import EventKind, SessionEvent
 from plugin_daemon.store.database import Database
 from plugin_daemon.store.models import KeyValueRow
 from plugin_daemon_debug.declaration import build_plugin, identity_checksum
+from plugin_daemon_debug.dev_cli import watched_in
 from plugin_daemon_debug.handshake import Refused, Registration, read_registration
 from plugin_daemon_debug.keys import BY_KEY, DebuggingKeys
 from plugin_daemon_debug.limits import FailedAuthLimiter
@@ -290,3 +291,19 @@ def test_the_entry_point_registers_the_remote_runtime_and_its_routes() -> None:
     paths = {route.path for route in extensions.routes()}  # type: ignore[attr-defined]
     assert {route.path for route in routes()} <= paths
     assert "/plugin/{tenant_id}/debugging/key" in paths
+
+
+def test_dev_watches_code_declarations_and_assets_only(tmp_path: Path) -> None:
+    folder = tmp_path / ".hidden" / "plugin"  # where the folder sits does not matter
+    watched = watched_in(folder)
+    for name in ("main.py", "tools/echo.py", "tools/echo.yaml", "manifest.yaml", ".env", "requirements.txt"):
+        assert watched(None, str(folder / name)), name
+    assert watched(None, str(folder / "_assets" / "icon.svg"))
+    for name in (
+        ".venv/lib/x.py",
+        "tools/__pycache__/echo.cpython-311.pyc",
+        ".git/HEAD",
+        "tools/.echo.py.swp",
+        "notes.md",
+    ):
+        assert not watched(None, str(folder / name)), name
