@@ -278,7 +278,8 @@ async def test_plugin_environment_has_no_daemon_secrets(
     allowed |= {"REQUESTS_CA_BUNDLE", "VIRTUAL_ENV", "INSTALL_METHOD", "HTTPS_PROXY", "https_proxy"}
     extra = {name for name in environ if name not in allowed and not name.startswith("LC_")}
     # What the interpreter itself adds (and nothing of ours).
-    assert extra <= {"PWD", "SHLVL", "_", "GEVENT_SUPPORT"}, extra
+    # PYTHONBREAKPOINT=0 is the daemon's own since #17 (no pdb prompt in the protocol stream)
+    assert extra <= {"PWD", "SHLVL", "_", "GEVENT_SUPPORT", "PYTHONBREAKPOINT"}, extra
 
 
 async def test_extra_variables_reach_the_plugin(
