@@ -14,6 +14,7 @@ from plugin_daemon.backwards.storage import place_value
 from plugin_daemon.config import Settings
 from plugin_daemon.control_panel import ControlPanel
 from plugin_daemon.endpoints import EndpointService
+from plugin_daemon.hardening import secure_data_folder
 from plugin_daemon.installer import Installer
 from plugin_daemon.logbook import LogBook
 from plugin_daemon.manager import PluginManager
@@ -55,6 +56,7 @@ class Daemon:
         self.extensions = extensions or load_extensions(settings.disabled_extensions)
         self.extensions.register_codecs()
         self.database = open_database(settings)
+        secure_data_folder(settings)  # after the database exists: its file is tightened too
         self.manager = PluginManager(settings, self.database)
         self.sessions = SessionManager(metrics=settings.PROMETHEUS_ENABLED)
         #: plugins' live logs (/debugging/logs): the debug runtime's, and what plugin_logs feeds in

@@ -59,6 +59,8 @@ def secure_data_folder(settings: Settings) -> None:
     working = settings.working_path
     # plugins under another uid (a root daemon) walk through home to their code; nothing else does
     traverse = os.geteuid() == 0 and settings.PLUGIN_ISOLATION != "off"
+    if traverse:  # made now, or the local runtime makes it later under the umask, closed to plugins
+        working.mkdir(parents=True, exist_ok=True)
     _chmod(home, 0o711 if traverse and home in working.parents else 0o700)
     _chmod(working, 0o711 if traverse else 0o700)
     for folder in (settings.installed_path, settings.package_path, settings.media_path, settings.persistence_path):
