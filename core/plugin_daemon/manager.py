@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -197,7 +197,7 @@ class PluginManager:
                 data,
                 max_size=self.settings.MAX_PLUGIN_PACKAGE_SIZE,
                 max_entries=self.settings.MAX_PLUGIN_PACKAGE_ENTRIES,
-                keys=self.signature_keys(),
+                keys=_KeysWhenRead(self.signature_keys),
                 require_signature=verify_signature or forced,
                 max_yaml_size=self.settings.MAX_PLUGIN_YAML_SIZE,
             )
@@ -703,3 +703,21 @@ class PluginManager:
 def _provider_name(provider: dict[str, Any]) -> str:
     identity = provider.get("identity") or {}
     return str(identity.get("name") or provider.get("provider") or "")
+
+
+class _KeysWhenRead(Sequence[TrustedKey]):
+    """The signature keys, loaded at their first use: a package without a signature never needs
+    them, and loading them imports cryptography (about 7 MB of the daemon's memory)."""
+
+    def __init__(self, load: Callable[[], list[TrustedKey]]) -> None:
+        self._load = load
+
+    @overload
+    def __getitem__(self, index: int) -> TrustedKey: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TrustedKey]: ...
+    def __getitem__(self, index: int | slice) -> TrustedKey | Sequence[TrustedKey]:
+        return self._load()[index]
+
+    def __len__(self) -> int:
+        return len(self._load())
